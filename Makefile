@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make repro` (the study on the embedded data) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
+.PHONY: setup repro test bench mvtec clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+repro: setup
+	$(RUN) dvc repro
+
+test: setup
+	$(RUN) $(PY) -m pytest -q tests
+
+# Download MVTec AD (needs internet) into data/mvtec, then: dvc exp run -S data.dataset=mvtec -S data.root=data/mvtec
+mvtec: setup
+	$(PY) -m anomaly_backbones download-mvtec data/mvtec
+
+clean:
+	rm -rf data/synthetic data/prepared data/features outputs metrics

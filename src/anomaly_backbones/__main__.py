@@ -1,0 +1,45 @@
+"""`python -m anomaly_backbones <command>`: backbones | report | download-mvtec."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .runner import run
+
+USAGE = """usage: python -m anomaly_backbones <command> [options]
+
+commands:
+  backbones [--family F] [--json]   list the backbone registry (layers, dim, d, params, offline weights)
+  report [--out reports]            gather finished experiments into tables and plots
+  download-mvtec DEST               download MVTec AD (needs internet)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "backbones":
+        from .backbones.cli import main_backbones
+
+        run(lambda: main_backbones(rest))
+    elif cmd == "report":
+        from .report import main_report
+
+        run(lambda: main_report(rest))
+    elif cmd == "download-mvtec":
+        from .download import download_mvtec
+
+        ap = argparse.ArgumentParser(prog="python -m anomaly_backbones download-mvtec")
+        ap.add_argument("dest")
+        a = ap.parse_args(rest)
+        run(lambda: download_mvtec(a.dest))
+    else:
+        print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The backbone registry: data in registry.yaml, read once, handed out as copies."""
+from __future__ import annotations
+
+import copy
+import functools
+from importlib import resources
+
+import yaml
+
+REQUIRED = ("name", "family", "source", "model", "layers", "dim", "study_dim", "d", "mean", "std", "inits", "note")
+SOURCES = ("timm", "torchvision", "in-project")
+INIT_KINDS = ("seeded", "torchvision", "timm", "url", "pypi")
+
+
+def _check(entries) -> None:
+    """Schema check of the data file: a broken registry is a bug in the project, not a user error."""
+    if not isinstance(entries, list) or not entries:
+        raise RuntimeError("backbones/registry.yaml must be a non-empty list of entries")
+    seen = set()
+    for e in entries:
+        where = f"backbones/registry.yaml entry {e.get('name', '?')!r}"
+        missing = [k for k in REQUIRED if k not in e]
+        if missing:
+            raise RuntimeError(f"{where} lacks {missing}")
+        if e["name"] in seen:
+            raise RuntimeError(f"{where} is duplicated")
+        seen.add(e["name"])
+        if e["source"] not in SOURCES:
+            raise RuntimeError(f"{where}: source must be one of {SOURCES}")
+        if not (isinstance(e["layers"], list) and e["layers"] and all(isinstance(x, str) for x in e["layers"])):
+            raise RuntimeError(f"{where}: layers must be a non-empty list of module names")
+        if not (isinstance(e["dim"], int) and e["dim"] > 0):
+            raise RuntimeError(f"{where}: dim must be a positive int")
+        if e["d"] not in (None, "all") and not (isinstance(e["d"], int) and 1 <= e["d"] <= e["dim"]):
+            raise RuntimeError(f"{where}: d must be null, 'all' or an int in [1, dim]")
+        if len(e["mean"]) != 3 or len(e["std"]) != 3:
+            raise RuntimeError(f"{where}: mean and std need 3 values")
+        inits = e["inits"]
+        keys = list(inits)
+        if not keys or keys[0] != "random" or len(keys) < 2:
+            raise RuntimeError(f"{where}: inits must start with `random` followed by the default pretrained weights")
+        for k, v in inits.items():
+            kind = str(v).split(":", 1)[0]
+            if kind not in INIT_KINDS:
+                raise RuntimeError(f"{where}: init {k!r} has unknown kind {kind!r} (known: {INIT_KINDS})")
+
+
+@functools.lru_cache(maxsize=1)
+def _entries() -> tuple[dict, ...]:
+    text = resources.files("anomaly_backbones.backbones").joinpath("registry.yaml").read_text(encoding="utf-8")
+    entries = yaml.safe_load(text)
+    _check(entries)
+    for e in entries:
+        e["mean"] = [float(x) for x in e["mean"]]
+        e["std"] = [float(x) for x in e["std"]]
+    return tuple(entries)
+
+
+@functools.lru_cache(maxsize=1)
+def _by_name() -> dict[str, dict]:
+    return {e["name"]: e for e in _entries()}
+
+
+def registry() -> list[dict]:
+    """All registry entries (copies: mutating them changes nothing here)."""
+    return copy.deepcopy(list(_entries()))
+
+
+def get_entry(name: str) -> dict | None:
+    """The entry called `name` (case-insensitive), or None for names outside the registry."""
+    if not isinstance(name, str):
+        return None
+    e = _by_name().get(name) or _by_name().get(name.strip().lower())
+    return copy.deepcopy(e) if e is not None else None
+
+
+def names() -> list[str]:
+    return [e["name"] for e in _entries()]
+
+
+def families() -> list[str]:
+    out: list[str] = []
+    for e in _entries():
+        if e["family"] not in out:
+            out.append(e["family"])
+    return out
+
+
+def default_pretrained_key(entry: dict) -> str:
+    """The init key `imagenet` stands for: the first key after `random`."""
+    return [k for k in entry["inits"] if k != "random"][0]

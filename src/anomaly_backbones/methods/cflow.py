@@ -1,0 +1,257 @@
+"""CFLOW-AD (Gudovskiy et al. 2022): conditional normalizing flows on cached layer maps.
+
+Why: CFLOW is the study's density-estimation method; unlike the memory banks it learns a
+likelihood of the normal features, so its sensitivity to the backbone can differ.
+
+One flow per layer in `layers`. Each maps a feature vector ("fiber", C values at one
+position) to a standard normal, conditioned on a 2D sinusoidal encoding of the position
+(`condition_vector` dims). A flow is `coupling_blocks` blocks, each built like FrEIA's
+AllInOneBlock as anomalib uses it (written here in plain torch, no FrEIA):
+affine coupling of the second half of the channels, scale and shift from a 2-layer MLP
+(Linear(d, 2d), ReLU, Linear(2d, 2*half)) of [first half, condition], coefficients
+multiplied by 0.1 and the log-scale soft-clamped to clamp_alpha * tanh(.) (clamp 1.9);
+then a learned global affine (softplus-activated scale, initialised to 1) and a fixed random
+channel permutation (seeded).
+
+Training (Adam, lr 2e-4) minimises -logsigmoid(log p(x) / C), as anomalib's Cflow. An epoch
+visits the training images in a random order, `batch_size` at a time; per layer it draws a
+random subset of that batch's fibers (all of them if `fibers_per_epoch` >= the layer's
+fiber count), shuffles it and takes Adam steps on `fiber_batch_size` fibers.
+Defaults, chosen for 2 CPU cores: on the magnetic-tile split (761 images, layers at
+56x56 / 28x28 / 14x14 with 24 / 40 / 112 channels) all 3.0M fibers per epoch would cost
+minutes per epoch, so an epoch uses at most `fibers_per_epoch` = 131072 fibers per layer
+(a random sample; the 14x14 layer is used whole) and `epochs` = 3, about 200 Adam steps per
+layer per epoch; the fit takes a couple of minutes there.
+
+Test: log p / C per position and layer; per layer p = exp(logp - max) (max over the whole
+test set, so scores do not depend on the batch size), resized to the image size
+(bilinear, align_corners False like common.anomaly_maps), summed over layers; the map is
+max(sum) - sum. Image score = max of that map (anomalib's rule); the returned map is then
+blurred with sigma 4 like every other method's (param `sigma`; the score is taken before
+the blur).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .common import blur, check_finite
+
+DEFAULTS = {
+    "epochs": 3,
+    "lr": 2e-4,
+    "coupling_blocks": 8,
+    "condition_vector": 128,
+    "fiber_batch_size": 2048,
+    "fibers_per_epoch": 131072,
+    "clamp_alpha": 1.9,
+    "batch_size": 32,
+    "sigma": 4.0,
+}
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def positional_encoding_2d(dim: int, height: int, width: int) -> torch.Tensor:
+    """(dim, H, W) sin/cos encoding: first half of the channels encodes x, second half y."""
+    if dim % 4 != 0:
+        raise UserError(f"cflow.condition_vector must be a multiple of 4, got {dim}")
+    half = dim // 2
+    freq = torch.exp(torch.arange(0.0, half, 2) * -(math.log(1e4) / half))  # (half/2,)
+    xs = torch.arange(float(width))[:, None] * freq  # (W, half/2)
+    ys = torch.arange(float(height))[:, None] * freq  # (H, half/2)
+    pe = torch.zeros(dim, height, width)
+    pe[0:half:2] = torch.sin(xs).t()[:, None, :].expand(-1, height, -1)
+    pe[1:half:2] = torch.cos(xs).t()[:, None, :].expand(-1, height, -1)
+    pe[half::2] = torch.sin(ys).t()[:, :, None].expand(-1, -1, width)
+    pe[half + 1::2] = torch.cos(ys).t()[:, :, None].expand(-1, -1, width)
+    return pe
+
+
+class CouplingBlock(nn.Module):
+    """Conditional affine coupling + global affine + fixed permutation (AllInOneBlock-like)."""
+
+    def __init__(self, dim: int, cond_dim: int, clamp: float, perm: torch.Tensor):
+        super().__init__()
+        self.d1, self.d2 = dim - dim // 2, dim // 2
+        hidden_in = self.d1 + cond_dim
+        self.subnet = nn.Sequential(nn.Linear(hidden_in, 2 * hidden_in), nn.ReLU(),
+                                    nn.Linear(2 * hidden_in, 2 * self.d2))
+        self.clamp = float(clamp)
+        # softplus(beta=0.5) * 0.1 of this init is exactly 1 (FrEIA's SOFTPLUS global affine)
+        self.global_scale = nn.Parameter(torch.full((dim,), 2.0 * math.log(math.exp(5.0) - 1.0)))
+        self.global_offset = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("perm", perm.clone())
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    def _coeffs(self, x1: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.subnet(torch.cat([x1, c], 1)) * 0.1
+        return self.clamp * torch.tanh(a[:, :self.d2]), a[:, self.d2:]
+
+    def _scale(self) -> torch.Tensor:
+        return 0.1 * F.softplus(self.global_scale, beta=0.5)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x1, x2 = x[:, :self.d1], x[:, self.d1:]
+        s, t = self._coeffs(x1, c)
+        y = torch.cat([x1, x2 * torch.exp(s) + t], 1)
+        scale = self._scale()
+        y = (y * scale + self.global_offset)[:, self.perm]
+        return y, s.sum(1) + torch.log(scale).sum()
+
+    def inverse(self, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x = (y[:, self.inv_perm] - self.global_offset) / self._scale()
+        x1, y2 = x[:, :self.d1], x[:, self.d1:]
+        s, t = self._coeffs(x1, c)
+        return torch.cat([x1, (y2 - t) * torch.exp(-s)], 1)
+
+
+class ConditionalFlow(nn.Module):
+    """A stack of CouplingBlocks; forward gives (z, log|det dz/dx|)."""
+
+    def __init__(self, dim: int, cond_dim: int, blocks: int, clamp: float, generator: torch.Generator):
+        super().__init__()
+        self.dim = dim
+        self.blocks = nn.ModuleList(
+            CouplingBlock(dim, cond_dim, clamp, torch.randperm(dim, generator=generator)) for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for b in self.blocks:
+            x, ld = b(x, c)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        for b in reversed(self.blocks):
+            z = b.inverse(z, c)
+        return z
+
+    def log_prob_per_dim(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """log p(x | c) / C under a standard normal base, as anomalib's get_logp / C."""
+        z, logdet = self(x, c)
+        logp = -self.dim * LOG_SQRT_2PI - 0.5 * (z * z).sum(1) + logdet
+        return logp / self.dim
+
+
+def _fibers(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B*H*W, C), rows image-major then row-major positions."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+class CFlow:
+    """Per-layer conditional normalizing flows; anomaly = low likelihood."""
+
+    def __init__(self, params: dict, layers: list[str], seed: int = 1024):
+        unknown = set(params or {}) - set(DEFAULTS)
+        if unknown:
+            raise UserError(f"cflow: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        p = {**DEFAULTS, **(params or {})}
+        self.epochs = int(p["epochs"])
+        self.lr = float(p["lr"])
+        self.coupling_blocks = int(p["coupling_blocks"])
+        self.condition_vector = int(p["condition_vector"])
+        self.fiber_batch_size = int(p["fiber_batch_size"])
+        self.fibers_per_epoch = int(p["fibers_per_epoch"])
+        self.clamp = float(p["clamp_alpha"])
+        self.batch_size = int(p["batch_size"])
+        self.sigma = float(p["sigma"])
+        if min(self.epochs, self.coupling_blocks, self.fiber_batch_size, self.fibers_per_epoch,
+               self.batch_size) < 1 or self.lr <= 0 or self.clamp <= 0:
+            raise UserError("cflow: epochs, coupling_blocks, fiber_batch_size, fibers_per_epoch, batch_size, "
+                            "lr and clamp_alpha must be positive")
+        if self.condition_vector < 4 or self.condition_vector % 4:
+            raise UserError(f"cflow.condition_vector must be a positive multiple of 4, got {self.condition_vector}")
+        if not layers:
+            raise UserError("cflow: `layers` is empty; set the top-level `layers` param")
+        self.layers = list(layers)
+        self.seed = int(seed)
+        self.flows: dict[str, ConditionalFlow] = {}
+        self.losses: list[float] = []  # mean training loss per epoch (all layers)
+
+    def _cond(self, h: int, w: int) -> torch.Tensor:
+        return _fibers(positional_encoding_2d(self.condition_vector, h, w)[None])  # (H*W, P)
+
+    def fit(self, train) -> None:
+        """Train one flow per layer on the cached training features (see module docstring)."""
+        n = len(train)
+        if n == 0:
+            raise UserError("cflow: the training split has no images")
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.flows = {name: ConditionalFlow(train.shape(name)[0], self.condition_vector,
+                                                self.coupling_blocks, self.clamp, gen)
+                          for name in self.layers}
+        params = [q for f in self.flows.values() for q in f.parameters()]
+        opt = torch.optim.Adam(params, lr=self.lr)
+        conds = {name: self._cond(*train.shape(name)[1:]) for name in self.layers}
+        frac = {name: min(1.0, self.fibers_per_epoch / (n * train.shape(name)[1] * train.shape(name)[2]))
+                for name in self.layers}
+        self.losses = []
+        for f in self.flows.values():
+            f.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(n, generator=gen)
+            total, count = 0.0, 0
+            for b0 in range(0, n, self.batch_size):
+                idx = np.sort(order[b0:b0 + self.batch_size].numpy())
+                for name in self.layers:
+                    x = torch.from_numpy(np.asarray(train.array(name)[idx], dtype=np.float32))
+                    check_finite(x, "cflow training features")
+                    e = _fibers(x)
+                    pos = torch.arange(e.shape[0]) % conds[name].shape[0]
+                    take = max(1, int(round(frac[name] * e.shape[0])))
+                    pick = torch.randperm(e.shape[0], generator=gen)[:take]
+                    nb = max(1, take // self.fiber_batch_size)  # the remainder joins the last step
+                    for i in range(nb):
+                        sel = pick[i * self.fiber_batch_size:(i + 1) * self.fiber_batch_size if i < nb - 1 else take]
+                        lp = self.flows[name].log_prob_per_dim(e[sel], conds[name][pos[sel]])
+                        loss = -F.logsigmoid(lp).mean()
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        total += float(loss) * len(sel)
+                        count += len(sel)
+            self.losses.append(total / max(1, count))
+        for f in self.flows.values():
+            f.eval()
+
+    @torch.no_grad()
+    def log_likelihoods(self, fs) -> dict[str, torch.Tensor]:
+        """{layer: (N, H, W) log p / C} for every image of a FeatureSet."""
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        for _, feats in fs.batches(self.layers, self.batch_size):
+            for name in self.layers:
+                x = feats[name]
+                check_finite(x, "cflow test features")
+                b, _, h, w = x.shape
+                cond = self._cond(h, w).repeat(b, 1)
+                e = _fibers(x)
+                lp = torch.cat([self.flows[name].log_prob_per_dim(e[s:s + 65536], cond[s:s + 65536])
+                                for s in range(0, e.shape[0], 65536)])
+                out[name].append(lp.view(b, h, w))
+        return {name: torch.cat(v) for name, v in out.items()}
+
+    def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
+        if not self.flows:
+            raise RuntimeError("CFlow.predict before fit")
+        size = test.image_size
+        logp = self.log_likelihoods(test)
+        total = None
+        for name in self.layers:
+            lp = logp[name].double()
+            prob = torch.exp(lp - lp.max()).float()
+            up = F.interpolate(prob[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            total = up if total is None else total + up
+        score_map = total.max() - total
+        scores = score_map.flatten(1).max(1).values.double().numpy()
+        maps = blur(score_map, self.sigma).numpy()
+        check_finite(scores, "cflow image scores")
+        check_finite(maps, "cflow anomaly maps")
+        return scores, maps

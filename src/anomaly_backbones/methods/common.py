@@ -1,0 +1,54 @@
+"""Post-processing shared by every method: grid scores -> 224x224 anomaly maps."""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Kernel of size 2*int(4*sigma+0.5)+1, as anomalib's GaussianBlur2d uses."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W) maps, reflect padding (replicate on maps smaller
+    than the kernel radius, where reflection is undefined)."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma).to(maps.dtype)
+    r = (k.numel() - 1) // 2
+    mode = "reflect" if r < min(maps.shape[-2:]) else "replicate"
+    x = maps[:, None]
+    x = F.pad(x, (r, r, 0, 0), mode=mode)
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, r, r), mode=mode)
+    x = F.conv2d(x, k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def anomaly_maps(grid: torch.Tensor | np.ndarray, size: int, sigma: float = 4.0, chunk: int = 64) -> np.ndarray:
+    """(N, h, w) patch scores -> (N, size, size) float32 maps: bilinear upsampling, then blur."""
+    g = torch.as_tensor(np.asarray(grid), dtype=torch.float32)
+    out = np.empty((g.shape[0], size, size), np.float32)
+    for s in range(0, g.shape[0], chunk):
+        up = F.interpolate(g[s:s + chunk, None], size=(size, size), mode="bilinear", align_corners=False)
+        out[s:s + chunk] = blur(up[:, 0], sigma).numpy()
+    return out
+
+
+def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
+    """Non-finite features or scores are an error, never a silent AUROC."""
+    ok = torch.isfinite(torch.as_tensor(x)).all().item()
+    if not ok:
+        from ..errors import UserError
+
+        raise UserError(f"{what} contains NaN or Inf: the backbone or its weights produce non-finite "
+                        f"values. Check init/weights (a corrupt checkpoint?) and input images.")
+
+
+__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d"]

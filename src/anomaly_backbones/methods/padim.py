@@ -1,0 +1,115 @@
+"""PaDiM (Defard et al. 2020) as the study defines it, in bounded memory.
+
+Embedding: the chosen layers, each upsampled (nearest) to the largest map and concatenated;
+R_d keeps d channels drawn with the seed. Per position a Gaussian with covariance
+(1/(n-1)) sum (x-mu)(x-mu)^T + 0.01 I; score = Mahalanobis distance, upsampled bilinearly,
+blurred (sigma 4); image score = max of the map.
+
+Memory: the cached features are read by chunks of grid rows (all images, only the R_d
+channels), so the training set is never held at once; each chunk's covariances are one
+batched matmul over all images, inverted before the next chunk. The only large array is
+the (positions, d, d) inverse covariance. WideResNet-50-2 with d=550 on a 56x56 grid needs 3136*550*550*4 B = 3.8 GB.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..features import FeatureSet
+from .common import anomaly_maps, check_finite
+
+EPS = 0.01
+
+
+class PaDiM:
+    def __init__(self, params: dict, layers: list[str], seed: int):
+        self.d_param = params.get("d", "auto")
+        self.budget_bytes = float(params.get("chunk_mb", 256)) * 2**20
+        self.sigma = float(params.get("sigma", 4.0))
+        self.layers = list(layers)
+        self.seed = int(seed)
+
+    # -- embedding -------------------------------------------------------------------
+    def _select(self, fs: FeatureSet) -> None:
+        """Resolve d and draw R_d once: which channels of which layer to keep."""
+        from ..backbones import resolve_d
+
+        dims = [fs.shape(layer)[0] for layer in self.layers]
+        total = int(sum(dims))
+        d = resolve_d(fs.meta.get("backbone", ""), self.d_param, total)
+        rng = np.random.default_rng(self.seed)
+        chosen = np.sort(rng.choice(total, size=d, replace=False)) if d < total else np.arange(total)
+        offsets = np.cumsum([0] + dims)
+        self.channels = {layer: chosen[(chosen >= lo) & (chosen < hi)] - lo
+                         for layer, lo, hi in zip(self.layers, offsets[:-1], offsets[1:])}
+        self.grid = max((fs.shape(layer)[1:] for layer in self.layers), key=lambda s: s[0] * s[1])
+        self.d = d
+
+    def _rows(self, fs: FeatureSet, r0: int, r1: int) -> torch.Tensor:
+        """(N, d, (r1-r0)*W) embedding of grid rows r0:r1 for all images of a split.
+
+        Nearest upsampling is an index gather (src = floor(dst * in / out), as F.interpolate),
+        so only the rows and the R_d channels a chunk needs are read from the cache."""
+        H, W = self.grid
+        parts = []
+        for layer in self.layers:
+            ch = self.channels[layer]
+            if len(ch) == 0:
+                continue
+            _, h, w = fs.shape(layer)
+            ri = (np.arange(r0, r1) * h) // H
+            ci = (np.arange(W) * w) // W
+            lo, hi = int(ri.min()), int(ri.max()) + 1
+            a = np.asarray(fs.array(layer)[:, :, lo:hi][:, ch], dtype=np.float32)
+            parts.append(a[:, :, ri - lo][:, :, :, ci])
+        e = torch.from_numpy(np.concatenate(parts, 1)).flatten(2)
+        check_finite(e.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
+        return e
+
+    def _row_chunks(self, n: int):
+        """Row ranges whose (n, d, rows*W) float32 slice fits the memory budget."""
+        H, W = self.grid
+        rows = max(1, min(H, int(self.budget_bytes // (n * self.d * W * 4))))
+        return [(r, min(r + rows, H)) for r in range(0, H, rows)]
+
+    # -- fit -------------------------------------------------------------------------
+    def fit(self, train: FeatureSet) -> None:
+        """Streams over chunks of grid positions: each chunk's covariances come from one batched
+        matmul over all training images, and are inverted before the next chunk is read."""
+        self._select(train)
+        n = len(train)
+        if n < 2:
+            raise UserError(f"PaDiM needs at least 2 training images for a covariance ({train.dir}: {n}).")
+        H, W = self.grid
+        self.mean = torch.empty(self.d, H * W, dtype=torch.float32)
+        self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
+        eye = torch.eye(self.d) * EPS
+        for r0, r1 in self._row_chunks(n):
+            e = self._rows(train, r0, r1)                              # (n, d, p)
+            mu = e.mean(0)                                             # (d, p)
+            xc = (e - mu).permute(2, 0, 1).contiguous()                # (p, n, d): bmm is slow on strided input
+            del e
+            cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
+            del xc
+            L, info = torch.linalg.cholesky_ex(cov)
+            inv = torch.cholesky_inverse(L) if int(info.max()) == 0 else torch.linalg.pinv(cov, hermitian=True)
+            self.mean[:, r0 * W:r1 * W] = mu
+            self.inv_cov[r0 * W:r1 * W] = inv
+
+    # -- predict -----------------------------------------------------------------------
+    def distances(self, test: FeatureSet) -> np.ndarray:
+        """(N, h, w) Mahalanobis distances on the feature grid."""
+        H, W = self.grid
+        out = np.empty((len(test), H * W), np.float32)
+        for r0, r1 in self._row_chunks(len(test)):
+            sl = slice(r0 * W, r1 * W)
+            delta = (self._rows(test, r0, r1) - self.mean[:, sl]).permute(2, 0, 1).contiguous()  # (p, N, d)
+            m = torch.bmm(delta, self.inv_cov[sl])
+            out[:, sl] = (m * delta).sum(-1).clamp_min_(0).sqrt_().T.numpy()
+        return out.reshape(-1, H, W)
+
+    def predict(self, test: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+        maps = anomaly_maps(self.distances(test), test.image_size, self.sigma)
+        return maps.reshape(len(maps), -1).max(1), maps

@@ -1,0 +1,213 @@
+"""PatchCore (Roth et al. 2022, "Towards Total Recall in Industrial Anomaly Detection").
+
+Why: PatchCore is the strongest memory-bank method of the study; it keeps a greedy k-center
+coreset of locally aggregated patch features and scores a test patch by its distance to
+the nearest bank entry. Here it works on the feature cache, never on images.
+
+Embedding, per patch: every chosen layer map gets a 3x3 average (avg_pool2d k=3, stride 1,
+padding 1); deeper maps are upsampled (bilinear) to the largest chosen map and all are
+concatenated along channels; if that gives more than `dim` channels, each patch vector is
+reduced to `dim` by adaptive average pooling over channels (as the paper's code does).
+With fewer channels than `dim` the vector is kept as it is (pooling "up" would only repeat
+channels and reweight the distance).
+
+Params (params["patchcore"]), defaults in DEFAULTS:
+- layers: "auto" or a list of cached layers. "auto" takes the top-level `layers` without its
+  first (shallowest) entry when there are 3 or more (the paper's layer2+layer3 of a 4-stage
+  net; e.g. [blocks.1, blocks.2, blocks.4] -> [blocks.2, blocks.4]), else all of them.
+- coreset_ratio: fraction of training patches kept in the memory bank (0.1).
+- coreset: "fast" (default) or "exact" greedy k-center, see coreset.py. Both run on a sparse
+  random projection of the patches to `projection_dim` (128) dims, seeded; when the
+  embedding has no more than `projection_dim` channels it is used unprojected.
+- dim: channel cap of the patch vector (1024). neighbors: the paper's b for reweighting (9).
+- projection_dim (128), batch_size (images per feature batch, 32), sigma (map blur, 4).
+
+Scores: a test patch scores its Euclidean distance to the nearest bank vector (exact search,
+chunked so memory stays bounded). Image score follows anomalib's
+PatchcoreModel.compute_anomaly_score: take the patch with the largest distance s*, its
+nearest bank vector m*, the `neighbors` bank vectors nearest to m* (m* itself first);
+w = 1 - softmax(-)[m*] over the Euclidean distances from the test patch to those vectors,
+i.e. 1 - exp(|m_test - m*|) / sum_{m in N_b(m*)} exp(|m_test - m|); score = w * s*
+(neighbors == 1: score = s*). Map: patch distances -> bilinear to image size -> blur sigma 4.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .common import anomaly_maps, check_finite
+from .coreset import coreset_size, greedy_batched, sparse_random_projection
+
+DEFAULTS = {
+    "layers": "auto",
+    "coreset_ratio": 0.1,
+    "coreset": "fast",
+    "dim": 1024,
+    "neighbors": 9,
+    "projection_dim": 128,
+    "batch_size": 32,
+    "sigma": 4.0,
+}
+
+BLOCK_ELEMS = 1 << 24  # one distance block: 16M float32 = 64 MiB
+
+
+def resolve_layers(spec, layers: list[str]) -> list[str]:
+    """The `layers` param: "auto" (see module docstring) or an explicit non-empty list."""
+    if spec == "auto":
+        if not layers:
+            raise UserError("patchcore: `layers` is empty; set the top-level `layers` param")
+        return list(layers[1:]) if len(layers) >= 3 else list(layers)
+    if isinstance(spec, str):
+        spec = [spec]
+    if not isinstance(spec, (list, tuple)) or not spec or not all(isinstance(s, str) for s in spec):
+        raise UserError(f"patchcore.layers must be \"auto\" or a list of layer names, not {spec!r}")
+    return list(spec)
+
+
+def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
+            block_elems: int = BLOCK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared Euclidean distance and index of each query's nearest bank row, in blocks."""
+    bank_sq = (bank * bank).sum(1) if bank_sq is None else bank_sq
+    q_sq = (queries * queries).sum(1)
+    n, m = queries.shape[0], bank.shape[0]
+    best = torch.full((n,), float("inf"))
+    arg = torch.zeros(n, dtype=torch.long)
+    cols = min(m, max(1, block_elems // 1024))
+    rows = max(1, block_elems // cols)
+    for c0 in range(0, m, cols):
+        c1 = min(c0 + cols, m)
+        bt = bank[c0:c1].t()
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            part = torch.addmm(bank_sq[c0:c1].unsqueeze(0), queries[r0:r1], bt, beta=1.0, alpha=-2.0)
+            v, i = part.min(1)
+            better = v < best[r0:r1]  # strict: ties keep the lower bank index
+            best[r0:r1] = torch.where(better, v, best[r0:r1])
+            arg[r0:r1] = torch.where(better, i + c0, arg[r0:r1])
+    return (best + q_sq).clamp_min_(0.0), arg
+
+
+def reweighted_score(patch_dist: torch.Tensor, nn_idx: torch.Tensor, patches: torch.Tensor,
+                     bank: torch.Tensor, neighbors: int, bank_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Paper's image score for one image: patch_dist (P,) Euclidean, nn_idx (P,), patches (P, C)."""
+    i = int(torch.argmax(patch_dist))
+    s_star = patch_dist[i]
+    if neighbors <= 1:
+        return s_star
+    k = min(int(neighbors), bank.shape[0])
+    j = int(nn_idx[i])
+    bank_sq = (bank * bank).sum(1) if bank_sq is None else bank_sq
+    d_star = bank_sq - 2.0 * (bank @ bank[j]) + bank_sq[j]
+    d_star[j] = -1.0  # m* itself is its own first neighbour, even among duplicates
+    support = torch.topk(d_star, k, largest=False, sorted=True).indices
+    d_test = ((bank[support] - patches[i]) ** 2).sum(1).sqrt()
+    w = 1.0 - torch.softmax(d_test.double(), 0)[0]
+    return (w * s_star.double()).to(patch_dist.dtype)
+
+
+class PatchCore:
+    """Coreset memory bank of aggregated patch features; nearest-neighbour scoring."""
+
+    def __init__(self, params: dict, layers: list[str], seed: int = 1024):
+        p = dict(DEFAULTS)
+        unknown = set(params or {}) - set(DEFAULTS)
+        if unknown:
+            raise UserError(f"patchcore: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        p.update(params or {})
+        self.layers = resolve_layers(p["layers"], layers)
+        self.ratio = float(p["coreset_ratio"])
+        if not 0.0 < self.ratio <= 1.0:
+            raise UserError(f"patchcore.coreset_ratio must be in (0, 1], got {p['coreset_ratio']!r}")
+        if p["coreset"] not in ("fast", "exact"):
+            raise UserError(f"patchcore.coreset must be \"fast\" or \"exact\", got {p['coreset']!r}")
+        self.coreset = p["coreset"]
+        self.dim = int(p["dim"])
+        self.neighbors = int(p["neighbors"])
+        self.projection_dim = int(p["projection_dim"])
+        self.batch_size = int(p["batch_size"])
+        self.sigma = float(p["sigma"])
+        if self.dim < 1 or self.neighbors < 1 or self.projection_dim < 1 or self.batch_size < 1:
+            raise UserError("patchcore: dim, neighbors, projection_dim and batch_size must be >= 1")
+        self.seed = int(seed)
+        self.bank: torch.Tensor | None = None
+        self.coreset_idx: torch.Tensor | None = None
+
+    def embed(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """{layer: (B, C, H, W)} -> ((B*h*w, C') patch vectors, (h, w)), rows image-major."""
+        maps = [F.avg_pool2d(feats[name].float(), 3, 1, 1) for name in self.layers]
+        h, w = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+        maps = [m if tuple(m.shape[-2:]) == (h, w) else
+                F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False) for m in maps]
+        e = torch.cat(maps, 1)
+        c = e.shape[1]
+        e = e.permute(0, 2, 3, 1).reshape(-1, c)
+        if c > self.dim:
+            e = F.adaptive_avg_pool1d(e.unsqueeze(1), self.dim).squeeze(1)
+        return e.contiguous(), (int(h), int(w))
+
+    def fit(self, train) -> None:
+        """Project all training patches, pick the coreset, keep its full vectors as the bank."""
+        n_img = len(train)
+        if n_img == 0:
+            raise UserError("patchcore: the training split has no images")
+        x = proj = None
+        for sl, feats in train.batches(self.layers, self.batch_size):
+            e, hw = self.embed(feats)
+            check_finite(e, "patchcore training features")
+            if x is None:
+                c, per_img = e.shape[1], hw[0] * hw[1]
+                if c > self.projection_dim:
+                    proj = sparse_random_projection(c, self.projection_dim, self.seed)
+                x = torch.empty(n_img * per_img, proj.shape[1] if proj is not None else c)
+            x[sl.start * per_img:sl.stop * per_img] = e @ proj if proj is not None else e
+        n = x.shape[0]
+        m = coreset_size(n, self.ratio)
+        g = torch.Generator().manual_seed(self.seed)
+        start = int(torch.randint(n, (1,), generator=g))
+        precision = "bfloat16" if self.coreset == "fast" else "float32"
+        idx = greedy_batched(x, m, start, precision=precision)
+        del x
+        self.coreset_idx = idx
+        # second pass: full-dimensional vectors of the chosen patches
+        order = torch.argsort(idx)
+        sorted_idx = idx[order]
+        bank = None
+        for sl, feats in train.batches(self.layers, self.batch_size):
+            lo, hi = sl.start * per_img, sl.stop * per_img
+            a, b = torch.searchsorted(sorted_idx, torch.tensor([lo, hi])).tolist()
+            if a == b:
+                continue
+            e, _ = self.embed(feats)
+            if bank is None:
+                bank = torch.empty(m, e.shape[1])
+            bank[order[a:b]] = e[sorted_idx[a:b] - lo]
+        self.bank = bank.contiguous()
+        self._bank_sq = (self.bank * self.bank).sum(1)
+
+    def patch_scores(self, test) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) image scores and (N, h, w) patch distances before upsampling."""
+        if self.bank is None:
+            raise RuntimeError("PatchCore.predict before fit")
+        scores, grids = [], []
+        for sl, feats in test.batches(self.layers, self.batch_size):
+            e, (h, w) = self.embed(feats)
+            check_finite(e, "patchcore test features")
+            d2, nn_idx = nearest(e, self.bank, self._bank_sq)
+            dist = d2.sqrt().view(-1, h * w)
+            nn_idx = nn_idx.view(-1, h * w)
+            e = e.view(dist.shape[0], h * w, -1)
+            for b in range(dist.shape[0]):
+                scores.append(float(reweighted_score(dist[b], nn_idx[b], e[b], self.bank, self.neighbors,
+                                                     self._bank_sq)))
+            grids.append(dist.view(-1, h, w))
+        return np.asarray(scores, dtype=np.float64), torch.cat(grids).numpy()
+
+    def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
+        scores, grid = self.patch_scores(test)
+        maps = anomaly_maps(grid, test.image_size, sigma=self.sigma)
+        check_finite(scores, "patchcore image scores")
+        check_finite(maps, "patchcore anomaly maps")
+        return scores, maps

@@ -1,0 +1,40 @@
+"""What every stage entry point shares: user errors without tracebacks, atomic JSON, peak memory."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage; a UserError prints one clear line and exits 2 (DVC then records nothing)."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was recorded; `dvc repro` re-runs this stage.", file=sys.stderr)
+        sys.exit(130)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write-then-rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,74 @@
+"""Stage 3, extract: run the backbone once over prepared images; cache the layer maps (data/features).
+
+Every method reads this cache, so changing `methods` or a method's params never runs the
+network again. Weights are resolved before anything is written.
+"""
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from anomaly_backbones.backbones import FeatureExtractor, load_backbone, resolve_layers
+from anomaly_backbones.data.prepare import load_prepared
+from anomaly_backbones.features import FeatureWriter
+from anomaly_backbones.methods.patchcore_layers import patchcore_layers
+from anomaly_backbones.params import load_params
+from anomaly_backbones.runner import peak_rss_mb, read_json, run, write_json
+
+PREPARED, OUT = Path("data/prepared"), Path("data/features")
+
+
+def extract_split(ext, images: np.ndarray, mean, std, batch_size: int, writer: FeatureWriter, split: str, desc: str):
+    """Forward all images of a split in batches; returns forward seconds (without I/O)."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    forward_s = 0.0
+    with tqdm(total=len(images), desc=desc, unit="img") as bar:
+        for s in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).permute(0, 3, 1, 2)
+            x = (x.float() / 255.0 - mean) / std
+            t = time.perf_counter()
+            feats = ext(x)
+            forward_s += time.perf_counter() - t
+            if s == 0:
+                writer.open(split, len(images), {k: tuple(v.shape[1:]) for k, v in feats.items()})
+            writer.write(split, feats)
+            bar.update(len(x))
+    return forward_s
+
+
+def main():
+    p = load_params()
+    torch.manual_seed(p["seed"])
+    bb = load_backbone(p["backbone"], p["init"], p["seed"])
+    layers = resolve_layers(p["backbone"], p["layers"])
+    extra = [layer for layer in patchcore_layers(p.get("patchcore", {}).get("layers", "auto"), layers)
+             if layer not in layers]
+    ext = FeatureExtractor(bb.model, layers + extra)
+    ex = p.get("extract", {})
+    batch_size, dtype = int(ex.get("batch_size", 32)), ex.get("dtype", "float32")
+    shutil.rmtree(OUT, ignore_errors=True)
+    stats = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "dtype": dtype, "categories": {}}
+    for c in read_json(PREPARED / "categories.json"):
+        name = c["category"]
+        meta = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "image_size": p["data"]["crop"]}
+        writer = FeatureWriter(OUT / name, meta, dtype)
+        times = {}
+        for split in ("train", "test"):
+            images = load_prepared(PREPARED / name, f"{split}_images")
+            times[split] = extract_split(ext, images, bb.mean, bb.std, batch_size, writer, split,
+                                         f"extract {bb.name} {name} {split}")
+        writer.meta["ms_per_image"] = 1000.0 * times["test"] / max(1, c["test"])
+        writer.close()
+        size = sum(f.stat().st_size for f in (OUT / name).rglob("*.npy"))
+        stats["categories"][name] = {"forward_s": times, "ms_per_image": writer.meta["ms_per_image"],
+                                     "cache_mb": size / 2**20}
+    stats["peak_mb"] = peak_rss_mb()
+    write_json(OUT / "stats.json", stats)
+
+
+if __name__ == "__main__":
+    run(main)

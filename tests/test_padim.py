@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from anomaly_backbones.errors import UserError
+from anomaly_backbones.features import FeatureSet
+from anomaly_backbones.methods.padim import PaDiM
+
+from conftest import write_cache
+
+
+def _cache(tmp_path, n=12, m=5, seed=0):
+    rng = np.random.default_rng(seed)
+    l1 = (rng.normal(size=(n, 6, 4, 4)).astype(np.float32), rng.normal(size=(m, 6, 4, 4)).astype(np.float32))
+    l2 = (rng.normal(size=(n, 5, 2, 2)).astype(np.float32), rng.normal(size=(m, 5, 2, 2)).astype(np.float32))
+    l2[1][0, :, 1, 1] += 6.0  # an anomaly in test image 0, lower-right quadrant
+    return write_cache(tmp_path / "c", {"a": l1, "b": l2}, image_size=16)
+
+
+def _brute_force(cache, layers, idx):
+    """The study's definition, written plainly with numpy in float64."""
+    def embed(split):
+        fs = FeatureSet(cache, split)
+        a = torch.from_numpy(np.array(fs.array("a")))
+        b = torch.nn.functional.interpolate(torch.from_numpy(np.array(fs.array("b"))), size=(4, 4), mode="nearest")
+        e = torch.cat([a, b], 1).numpy().astype(np.float64)[:, idx]
+        return e.reshape(e.shape[0], e.shape[1], -1)
+    tr, te = embed("train"), embed("test")
+    out = np.zeros((te.shape[0], tr.shape[2]))
+    for p in range(tr.shape[2]):
+        x = tr[:, :, p]
+        cov = np.cov(x, rowvar=False) + 0.01 * np.eye(x.shape[1])
+        inv = np.linalg.inv(cov)
+        dlt = te[:, :, p] - x.mean(0)
+        out[:, p] = np.sqrt(np.einsum("nd,de,ne->n", dlt, inv, dlt))
+    return out.reshape(-1, 4, 4)
+
+
+@pytest.mark.parametrize("d", [11, 7])
+def test_padim_matches_brute_force_definition(tmp_path, d):
+    cache = _cache(tmp_path)
+    m = PaDiM({"d": d, "chunk_mb": 0.0005}, ["a", "b"], seed=1024)
+    m.fit(FeatureSet(cache, "train"))
+    got = m.distances(FeatureSet(cache, "test"))
+    idx = np.concatenate([m.channels["a"], m.channels["b"] + 6])
+    assert len(idx) == d
+    np.testing.assert_allclose(got, _brute_force(cache, ["a", "b"], idx), rtol=2e-4, atol=1e-4)
+
+
+def test_padim_finds_the_anomaly_and_is_deterministic(tmp_path):
+    cache = _cache(tmp_path)
+    runs = []
+    for _ in range(2):
+        m = PaDiM({"d": 8}, ["a", "b"], seed=1024)
+        m.fit(FeatureSet(cache, "train"))
+        scores, maps = m.predict(FeatureSet(cache, "test"))
+        runs.append((scores, maps))
+    assert maps.shape == (5, 16, 16)
+    assert scores.argmax() == 0
+    assert np.unravel_index(maps[0].argmax(), maps[0].shape) >= (8, 8)
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+    other = PaDiM({"d": 8}, ["a", "b"], seed=1)
+    other.fit(FeatureSet(cache, "train"))
+    assert not all(np.array_equal(other.channels[k], m.channels[k]) for k in ("a", "b"))
+
+
+def test_padim_rejects_d_above_feature_dim(tmp_path):
+    cache = _cache(tmp_path)
+    with pytest.raises(UserError, match="padim.d"):
+        PaDiM({"d": 12}, ["a", "b"], seed=0).fit(FeatureSet(cache, "train"))
+
+
+def test_padim_nonfinite_features_are_an_error(tmp_path):
+    rng = np.random.default_rng(0)
+    tr = rng.normal(size=(4, 3, 2, 2)).astype(np.float32)
+    te = rng.normal(size=(2, 3, 2, 2)).astype(np.float32)
+    cache = write_cache(tmp_path / "c", {"a": (tr, te)}, image_size=8)
+    np.lib.format.open_memmap(cache / "test" / "a.npy", mode="r+")[0, 0, 0, 0] = np.nan
+    m = PaDiM({"d": 3}, ["a"], seed=0)
+    m.fit(FeatureSet(cache, "train"))
+    with pytest.raises(UserError, match="NaN or Inf"):
+        m.predict(FeatureSet(cache, "test"))
+
+
+def test_constant_features_and_fewer_images_than_d_are_regularized(tmp_path):
+    """Zero variance and n < d leave only the 0.01*I term: finite distances, no crash."""
+    tr = np.ones((3, 10, 2, 2), np.float32)
+    te = np.ones((2, 10, 2, 2), np.float32)
+    te[1] += 1.0
+    cache = write_cache(tmp_path / "c", {"a": (tr, te)}, image_size=8)
+    m = PaDiM({"d": 10}, ["a"], seed=0)
+    m.fit(FeatureSet(cache, "train"))
+    dist = m.distances(FeatureSet(cache, "test"))
+    np.testing.assert_allclose(dist[0], 0.0, atol=1e-3)
+    np.testing.assert_allclose(dist[1], np.sqrt(10 / 0.01), rtol=1e-4)
