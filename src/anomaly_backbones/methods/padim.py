@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..features import FeatureSet
-from .common import anomaly_maps, check_finite
+from .common import anomaly_maps, check_finite, single_thread
 
 EPS = 0.01
 
@@ -93,8 +93,9 @@ class PaDiM:
             del e
             cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
             del xc
-            L, info = torch.linalg.cholesky_ex(cov)
-            inv = torch.cholesky_inverse(L) if int(info.max()) == 0 else torch.linalg.pinv(cov, hermitian=True)
+            with single_thread():
+                L, info = torch.linalg.cholesky_ex(cov)
+                inv = torch.cholesky_inverse(L) if int(info.max()) == 0 else torch.linalg.pinv(cov, hermitian=True)
             self.mean[:, r0 * W:r1 * W] = mu
             self.inv_cov[r0 * W:r1 * W] = inv
 
