@@ -36,5 +36,24 @@ def write_json(path: str | Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(estimate: float, what: str, fix: str) -> None:
+    """Stop before a heavy step whose estimated peak exceeds the RAM available now."""
+    avail = available_bytes()
+    if avail is not None and estimate > avail:
+        raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is available; "
+                        f"{fix}")
+
+
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..features import FeatureSet
+from ..runner import check_memory
 from .common import anomaly_maps, check_finite, single_thread
 
 EPS = 0.01
@@ -68,6 +69,14 @@ class PaDiM:
         check_finite(e.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
         return e
 
+    def estimate_bytes(self, n: int) -> float:
+        """Peak of fit: the inverse covariances, plus per chunk the embedding and its centred
+        copy and three (positions, d, d) arrays (covariance, Cholesky factor, inverse)."""
+        H, W = self.grid
+        r0, r1 = self._row_chunks(n)[0]
+        chunk = (r1 - r0) * W
+        return 4.0 * (H * W * self.d * self.d + 2 * n * self.d * chunk + 3 * chunk * self.d * self.d)
+
     def _row_chunks(self, n: int):
         """Row ranges whose (n, d, rows*W) float32 slice fits the memory budget."""
         H, W = self.grid
@@ -83,6 +92,8 @@ class PaDiM:
         if n < 2:
             raise UserError(f"PaDiM needs at least 2 training images for a covariance ({train.dir}: {n}).")
         H, W = self.grid
+        check_memory(self.estimate_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
+                     "lower `padim.d` (memory grows with d^2) or choose shallower `layers` (a smaller grid).")
         self.mean = torch.empty(self.d, H * W, dtype=torch.float32)
         self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
         eye = torch.eye(self.d) * EPS
