@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+
+from anomaly_backbones.params import set_params as _set_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {  # name: (layers, d, anomalib figures: image AUROC, pixel AUROC, total s, peak GB)
@@ -68,15 +68,8 @@ def forward_floor(layers, images: list[np.ndarray]) -> float:
     return time.perf_counter() - t
 
 
-def set_params(clone: Path, **kv):
-    p = yaml.safe_load((clone / "params.yaml").read_text())
-    for k, v in kv.items():
-        node = p
-        *head, last = k.split(".")
-        for h in head:
-            node = node[h]
-        node[last] = v
-    (clone / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+def set_params(clone: Path, **changes):
+    _set_params(clone / "params.yaml", **changes)
 
 
 def main():

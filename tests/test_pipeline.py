@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from anomaly_backbones.params import set_params as _set_params
 from conftest import MTD_ROOT, ROOT
 
 pytestmark = pytest.mark.slow
@@ -25,14 +25,7 @@ def sh(args, cwd, check=True):
 
 
 def set_params(clone: Path, **changes):
-    p = yaml.safe_load((clone / "params.yaml").read_text())
-    for key, value in changes.items():
-        node = p
-        *parents, last = key.split(".")
-        for k in parents:
-            node = node[k]
-        node[last] = value
-    (clone / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    _set_params(clone / "params.yaml", **changes)
 
 
 @pytest.fixture(scope="module")

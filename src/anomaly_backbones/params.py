@@ -22,6 +22,19 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     return p
 
 
+def set_params(path: str | Path, **changes) -> None:
+    """Write dotted-key changes into a params file (what `dvc exp run -S` does), for scripts and tests."""
+    path = Path(path)
+    p = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        node = p
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+
+
 def _expect(cond: bool, msg: str) -> None:
     if not cond:
         raise UserError(msg)
