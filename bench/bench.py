@@ -31,8 +31,8 @@ from anomaly_backbones.params import set_params as _set_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {  # name: (layers, d, anomalib figures: image AUROC, pixel AUROC, total s, peak GB)
-    "blocks.1/2/4, d=100": (["blocks.1", "blocks.2", "blocks.4"], 100, (0.918, 0.770, 44.0, 3.1)),
-    "blocks.0/1/2, d=80": (["blocks.0", "blocks.1", "blocks.2"], 80, (0.797, 0.653, 76.0, 7.0)),
+    "blocks.1/2/4 d=100": (["blocks.1", "blocks.2", "blocks.4"], 100, (0.918, 0.770, 44.0, 3.1)),
+    "blocks.0/1/2 d=80": (["blocks.0", "blocks.1", "blocks.2"], 80, (0.797, 0.653, 76.0, 7.0)),
 }
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 

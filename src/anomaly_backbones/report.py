@@ -131,6 +131,7 @@ class Gathered:
     runs: list[Run] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (name, why)
     notes: list[str] = field(default_factory=list)
+    common: list[str] = field(default_factory=list)  # params every run shares that differ from HEAD
 
 
 def _file_data(section: dict | None, path: str) -> dict | None:
@@ -300,7 +301,7 @@ def gather(root: str | Path = ".", all_commits: bool = True, exp_show_json=None,
             exp_show_json = parse_json_output(r.stdout)
         except ValueError as e:
             raise UserError(f"could not read `dvc exp show --json` output: {e}") from None
-    records, skipped, _ = parse_exp_show(exp_show_json)
+    records, skipped, baselines = parse_exp_show(exp_show_json)
     g = Gathered(skipped=list(skipped))
     ws_stale = ws_note = None
     if any(r["kind"] == "workspace" for r in records):
@@ -339,21 +340,29 @@ def gather(root: str | Path = ".", all_commits: bool = True, exp_show_json=None,
             kept.insert(0, r)
     g.runs = [Run(label=r["label"], rev=r["rev"] or "?", kind=r["kind"], baseline=r["baseline"],
                   timestamp=r["timestamp"], params=r["params"], metrics=r["metrics"]) for r in kept]
-    _set_variants(g.runs)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    reference = baselines.get(head) or (next(iter(baselines.values())) if len(baselines) == 1 else None)
+    g.common = _set_variants(g.runs, reference)
     return g
 
 
-def _set_variants(runs: list[Run]) -> None:
-    """variant = the params (other than backbone/init) whose value differs from the most common one."""
+def _set_variants(runs: list[Run], reference: dict | None = None) -> list[str]:
+    """variant = the params (other than backbone/init) that differ between runs, shown where a run's value
+    differs from the reference (params.yaml at HEAD; the most common value where HEAD lacks the key).
+    Returns the params all runs share but that differ from the reference ("k=v")."""
     flat = [_flatten({k: v for k, v in r.params.items() if k not in ("backbone", "init")}) for r in runs]
+    ref = _flatten(reference) if reference else {}
     keys = sorted(set().union(*flat)) if flat else []
-    mode = {}
+    base, common = {}, []
     for k in keys:
         vals = Counter(_canonical(f.get(k)) for f in flat)
         if len(vals) > 1:
-            mode[k] = vals.most_common(1)[0][0]
+            base[k] = _canonical(ref[k]) if k in ref else vals.most_common(1)[0][0]
+        elif k in ref and _canonical(ref[k]) != next(iter(vals)) and k not in ("backbone", "init"):
+            common.append(f"{k}={_fmt_value(flat[0].get(k))}")
     for r, f in zip(runs, flat):
-        r.variant = ", ".join(f"{k}={_fmt_value(f.get(k))}" for k in mode if _canonical(f.get(k)) != mode[k])
+        r.variant = ", ".join(f"{k}={_fmt_value(f.get(k))}" for k in base if _canonical(f.get(k)) != base[k])
+    return common
 
 
 # --------------------------------------------------------------------------------------- registry
@@ -586,7 +595,8 @@ def _place_labels(fig, ax, pts: list[dict]) -> None:
         best = None
         for dx, dy, ha in offsets:
             t = ax.annotate(p["label"], (p["ms_per_image"], p["image_auroc"]), textcoords="offset points",
-                            xytext=(dx, dy), ha=ha, fontsize=8, fontweight="bold" if p["pareto_front"] else "normal")
+                            xytext=(dx, dy), ha=ha, fontsize=8, fontweight="bold" if p["pareto_front"] else "normal",
+                            arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5) if abs(dy) > 12 else None)
             bb = t.get_window_extent(renderer).expanded(1.02, 1.1)
             inside = ax.get_window_extent(renderer).contains(bb.x0, bb.y0) and \
                 ax.get_window_extent(renderer).contains(bb.x1, bb.y1)
@@ -889,6 +899,9 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
              f"{sum(r.kind == 'experiment' for r in g.runs)} finished experiment(s)"
              f"{' + the workspace' if any(r.kind == 'workspace' for r in g.runs) else ''}, "
              f"{len(rows)} backbone x method result(s).", ""]
+    if g.common:
+        lines += ["Every run here differs from params.yaml at HEAD in: " + ", ".join(f"`{c}`" for c in g.common)
+                  + ". The `variant` column shows params that differ between runs.", ""]
     lines += ["## Tables per backbone family", ""] + (table_links or ["_No finished runs._"]) + [""]
     lines += ["All results in one file: [runs.csv](runs.csv) (one row per run and method, with the experiment's "
               "commit and baseline).", ""]

@@ -1,0 +1,347 @@
+"""`python -m anomaly_backbones sweep`: one queued DVC experiment per backbone, then run the queue.
+
+    python -m anomaly_backbones sweep --family resnet --family efficientnet_lite
+    python -m anomaly_backbones sweep --backbones resnet18,resnet50 --init random -S padim.d=100 -j 1
+    python -m anomaly_backbones sweep --all --dry-run
+
+Per backbone: `dvc exp run --queue -S backbone=NAME -S init=INIT [-S ...]`, then `dvc queue start -j N`
+and wait (polling `dvc queue status`), printing progress. A backbone is skipped when a finished
+experiment (from `dvc exp show --json --all-commits`) has exactly the params the new one would have
+(params.yaml of the workspace with the overrides applied), or one with those params is already
+queued or running. Everything else is left to DVC: stages whose deps and params are unchanged
+(generate, prepare; extract for a method-only change) come from the run-cache.
+
+Because a sweep compares backbones at their registry defaults, `layers=auto` and `padim.d=auto` are
+added when params.yaml pins other values (pass -S layers=... / -S padim.d=... to keep your own).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .report import PARAMS_FILE, _canonical, _file_data, parse_json_output, run_dvc
+
+AUTO_KEYS = ("layers", "padim.d")    # set to auto for a sweep unless given with -S
+DONE = ("success", "failed", "killed", "revoked", "gone")
+
+
+# ------------------------------------------------------------------------------------ overrides
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """`key=value` (DVC/Hydra -S syntax) -> (op, key, value); op is "set" or "del" (`~key`).
+    The value is read as YAML (`[a,b]` a list, `80` an int); a `params.yaml:` prefix is dropped."""
+    s = text.strip()
+    if s.startswith("~"):
+        key, value, op = s[1:].split("=", 1)[0], None, "del"
+    else:
+        if "=" not in s:
+            raise UserError(f"-S {text!r}: expected key=value, e.g. -S padim.d=100 or -S 'layers=[layer1,layer2]'")
+        key, raw = s.split("=", 1)
+        key = key.lstrip("+")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        op = "set"
+    if ":" in key:
+        file, key = key.split(":", 1)
+        if file and file != PARAMS_FILE:
+            raise UserError(f"-S {text!r}: only {PARAMS_FILE} params can be swept")
+    if not key:
+        raise UserError(f"-S {text!r}: empty key")
+    return op, key, value
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """A copy of params with the -S overrides applied (dotted keys create nested mappings)."""
+    p = copy.deepcopy(params)
+    for o in overrides:
+        op, key, value = parse_override(o)
+        node = p
+        *parents, last = key.split(".")
+        for k in parents:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        if op == "del":
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return p
+
+
+def _get(params: dict, dotted: str):
+    node = params
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return None
+        node = node[k]
+    return node
+
+
+# ------------------------------------------------------------------------------------ selection
+
+def select_backbones(families: list[str] | None = None, backbones: list[str] | None = None,
+                     all_: bool = False) -> list[str]:
+    """Registry names in registry order; unknown family or name -> UserError listing the valid ones."""
+    from .backbones import families as all_families, get_entry, registry
+
+    entries = registry()
+    names = [e["name"] for e in entries]
+    if not (families or backbones or all_):
+        raise UserError("say which backbones: --family F (repeatable), --backbones a,b,c or --all")
+    chosen: list[str] = []
+    if all_:
+        chosen += names
+    for f in families or []:
+        fams = all_families()
+        if f not in fams:
+            raise UserError(f"unknown --family {f!r}; valid families: {', '.join(fams)}")
+        chosen += [e["name"] for e in entries if e["family"] == f]
+    for b in backbones or []:
+        e = get_entry(b)
+        if e is None:
+            raise UserError(f"unknown backbone {b!r} (not in the registry); valid names: {', '.join(names)}")
+        chosen.append(e["name"])
+    pos = {n: i for i, n in enumerate(names)}
+    return sorted(dict.fromkeys(chosen), key=pos.__getitem__)
+
+
+# ------------------------------------------------------------------------------------ experiments
+
+def experiment_states(data) -> list[dict]:
+    """Every experiment in `dvc exp show --json` output: {name, rev, state, params}; state is success,
+    queued, running or failed (finished experiments without an executor count as success)."""
+    out = []
+    if isinstance(data, dict):  # DVC 2.x
+        for rev, group in data.items():
+            if rev == "workspace" or not isinstance(group, dict):
+                continue
+            for exp_rev, e in group.items():
+                if exp_rev == "baseline" or not isinstance(e, dict):
+                    continue
+                d = e.get("data") or {}
+                state = str(d.get("status") or ((d.get("executor") or {}).get("state")) or "success").lower()
+                if e.get("error"):
+                    state = "failed"
+                out.append({"name": d.get("name") or exp_rev[:7], "rev": exp_rev, "state": state,
+                            "params": _file_data(d.get("params"), PARAMS_FILE) or {}})
+        return out
+    for b in data if isinstance(data, list) else []:
+        if not isinstance(b, dict) or b.get("rev") == "workspace":
+            continue
+        for group in b.get("experiments") or []:
+            if not isinstance(group, dict):
+                continue
+            revs = [r for r in (group.get("revs") or []) if isinstance(r, dict)]
+            if not revs:
+                continue
+            r = revs[0]
+            state = str(((group.get("executor") or {}).get("state")) or "success").lower()
+            if r.get("error") and state == "success":
+                state = "failed"
+            out.append({"name": r.get("name") or group.get("name") or str(r.get("rev"))[:7], "rev": r.get("rev"),
+                        "state": state, "params": _file_data((r.get("data") or {}).get("params"), PARAMS_FILE) or {}})
+    return out
+
+
+def plan_sweep(base_params: dict, backbones: list[str], init: str, overrides: list[str],
+               experiments: list[dict]) -> list[dict]:
+    """[{backbone, set: [-S values], params, skip: reason or None}] in the given backbone order."""
+    given = {parse_override(o)[1] for o in overrides}
+    extra = [f"{k}=auto" for k in AUTO_KEYS if k not in given and _get(base_params, k) not in (None, "auto")]
+    by_params: dict[str, dict] = {}
+    for e in experiments:
+        if e["state"] in ("success", "queued", "running") and e["params"]:
+            key = _canonical(e["params"])
+            if key not in by_params or e["state"] == "success":
+                by_params[key] = e
+    out = []
+    for bb in backbones:
+        sets = [f"backbone={bb}", f"init={init}"] + extra + list(overrides)
+        params = apply_overrides(base_params, sets)
+        hit = by_params.get(_canonical(params))
+        skip = None
+        if hit is not None:
+            skip = (f"finished as experiment {hit['name']}" if hit["state"] == "success"
+                    else f"already {hit['state']} as experiment {hit['name']}")
+        out.append({"backbone": bb, "set": sets, "params": params, "skip": skip})
+    return out
+
+
+def parse_queue_status(text: str) -> dict[str, str]:
+    """`dvc queue status` table -> {experiment name: status (lower case)}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[0] == "Task" or line.startswith("Worker status"):
+            continue
+        if not re.fullmatch(r"[0-9a-f]{7,40}", parts[0]):
+            continue
+        out[parts[1]] = parts[-1].lower()
+    return out
+
+
+def _progress(names: dict[str, str], states: dict[str, str]) -> str:
+    counts = {k: 0 for k in ("success", "failed", "running", "queued", "other")}
+    for n in names:
+        s = states.get(n, "gone")
+        counts[s if s in counts else ("failed" if s in ("killed", "revoked") else "other")] += 1
+    done = counts["success"] + counts["failed"] + counts["other"]
+    return (f"{done}/{len(names)} done ({counts['success']} ok, {counts['failed']} failed) · "
+            f"{counts['running']} running · {counts['queued']} queued")
+
+
+def start_queue(cwd: Path, jobs: int, check: bool = True) -> str:
+    """`dvc queue start -j N`. Its output goes to a file, not a pipe: the detached worker inherits the
+    command's stdout/stderr, and a pipe would stay open (and block us) until the worker exits."""
+    import subprocess
+    import tempfile
+
+    from .report import dvc_env, dvc_exe
+
+    with tempfile.TemporaryFile(mode="w+") as f:
+        rc = subprocess.call([dvc_exe(), "queue", "start", "-j", str(jobs)], cwd=cwd, env=dvc_env(),
+                             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+        f.seek(0)
+        text = f.read()
+    if check and rc != 0:
+        raise UserError(f"`dvc queue start -j {jobs}` failed: {text.strip()[-500:]}")
+    return text
+
+
+def wait_for(names: dict[str, str], cwd: Path, jobs: int, poll: float, timeout: float | None) -> dict[str, str]:
+    """Poll `dvc queue status` until every queued experiment has finished; returns {name: state}."""
+    t0, last, restarted = time.time(), None, False
+    states: dict[str, str] = {}
+    idle_polls = 0
+    while True:
+        r = run_dvc(["queue", "status"], cwd=cwd, check=False)
+        table = parse_queue_status(r.stdout)
+        states = {n: table.get(n, "gone") for n in names}
+        line = _progress(names, states)
+        if line != last:
+            print(f"[{time.strftime('%H:%M:%S')} +{int(time.time() - t0)}s] {line}", flush=True)
+            last = line
+        if all(s in DONE for s in states.values()):
+            return states
+        workers = re.search(r"Worker status:\s*(\d+) active", r.stdout)
+        if workers and workers.group(1) == "0" and "running" not in states.values():
+            idle_polls += 1
+            if idle_polls >= 3 and not restarted:  # the worker stopped before our tasks ran: start it again
+                print("no active queue worker; starting one again", flush=True)
+                start_queue(cwd, jobs, check=False)
+                restarted = True
+        else:
+            idle_polls = 0
+        if timeout is not None and time.time() - t0 > timeout:
+            print(f"stopped waiting after {timeout:.0f} s; the queue keeps running (`dvc queue status`).")
+            return states
+        time.sleep(poll)
+
+
+def main_sweep(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m anomaly_backbones sweep",
+                                 description="Queue one DVC experiment per backbone and run the queue.")
+    ap.add_argument("--family", action="append", default=[], help="a registry family (repeatable)")
+    ap.add_argument("--backbones", action="append", default=[], help="comma-separated registry names")
+    ap.add_argument("--all", action="store_true", help="every backbone in the registry")
+    ap.add_argument("--init", default="imagenet", help="init for every backbone (default imagenet; random)")
+    ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra param override for every experiment (dvc exp run -S syntax)")
+    ap.add_argument("-j", "--jobs", type=int, default=1, help="parallel queue workers (default 1)")
+    ap.add_argument("--dry-run", action="store_true", help="print what would be queued and skipped; run nothing")
+    ap.add_argument("--no-wait", action="store_true", help="queue and start the workers, do not wait")
+    ap.add_argument("--poll", type=float, default=10.0, help="seconds between progress checks (default 10)")
+    ap.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
+    a = ap.parse_args(argv or [])
+    root = Path(".")
+    if not (root / "dvc.yaml").exists():
+        raise UserError("no dvc.yaml here: run the sweep from the project root.")
+    if a.jobs < 1:
+        raise UserError("-j must be >= 1")
+    names = [n.strip() for chunk in a.backbones for n in chunk.split(",") if n.strip()]
+    backbones = select_backbones(a.family, names, a.all)
+    for o in a.set_param:
+        key = parse_override(o)[1]
+        if key in ("backbone", "init"):
+            raise UserError(f"-S {o!r}: use --backbones/--family/--all and --init for {key}")
+    try:
+        base = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{PARAMS_FILE} could not be read: {e}") from None
+    shown = run_dvc(["exp", "show", "--json", "--all-commits"], cwd=root)
+    try:
+        exps = experiment_states(parse_json_output(shown.stdout))
+    except ValueError as e:
+        raise UserError(f"could not read `dvc exp show --json` output: {e}") from None
+    plan = plan_sweep(base, backbones, a.init, a.set_param, exps)
+    todo = [p for p in plan if not p["skip"]]
+
+    print(f"sweep: {len(plan)} backbone(s), init={a.init}; {len(plan) - len(todo)} skipped, {len(todo)} to queue")
+    for p in plan:
+        if p["skip"]:
+            print(f"  skip   {p['backbone']}: {p['skip']}")
+    if a.init == "imagenet" and todo:
+        from .backbones import get_entry, weights_offline
+
+        missing = [p["backbone"] for p in todo if not weights_offline(get_entry(p["backbone"]))]
+        if missing:
+            print(f"  note: ImageNet weights are not on this machine for {', '.join(missing)}; without internet "
+                  f"those experiments fail in extract (sweep them with --init random, or supply the weights).")
+    cmds = [["exp", "run", "--queue"] + [x for s in p["set"] for x in ("-S", s)] for p in todo]
+    if a.dry_run:
+        for p, c in zip(todo, cmds):
+            print(f"  queue  {p['backbone']}: dvc {' '.join(_quote(x) for x in c)}")
+        if todo:
+            print(f"  then   dvc queue start -j {a.jobs}")
+        print("dry run: nothing queued.")
+        return
+    if not todo:
+        print("nothing to run. `python -m anomaly_backbones report` gathers the results.")
+        return
+    queued: dict[str, str] = {}
+    for p, c in zip(todo, cmds):
+        r = run_dvc(c, cwd=root)
+        m = re.search(r"Queued experiment '([^']+)'", r.stdout + r.stderr)
+        name = m.group(1) if m else f"?{len(queued)}"
+        queued[name] = p["backbone"]
+        print(f"  queued {p['backbone']} as {name}")
+    start_queue(root, a.jobs)
+    print(f"started {a.jobs} queue worker(s); progress every {a.poll:g} s (Ctrl-C stops waiting, not the queue)")
+    if a.no_wait:
+        print("not waiting: `dvc queue status` shows progress, `dvc queue logs <name>` a run's output.")
+        return
+    try:
+        states = wait_for(queued, root, a.jobs, a.poll, a.timeout)
+    except KeyboardInterrupt:
+        print("\nstopped waiting; the queue keeps running (`dvc queue status`, `dvc queue kill <name>`).",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    failed = [n for n, s in states.items() if s not in ("success", "queued", "running")]
+    for n, s in states.items():
+        print(f"  {s:8s} {queued[n]} ({n})")
+    if failed:
+        print(f"{len(failed)} failed: `dvc queue logs {failed[0]}` shows why.")
+    print("next: python -m anomaly_backbones report")
+    if failed:
+        raise SystemExit(1)
+
+
+def _quote(s: str) -> str:
+    return f"'{s}'" if re.search(r"[\s\[\]{}*?$'\"]", s) else s
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_sweep(sys.argv[1:])
+
+
+__all__ = ["main_sweep", "plan_sweep", "select_backbones", "apply_overrides", "parse_override",
+           "parse_queue_status", "experiment_states"]
