@@ -1,4 +1,4 @@
-"""`python -m anomaly_backbones <command>`: backbones | report | download-mvtec."""
+"""`python -m anomaly_backbones <command>`: backbones | sweep | report | pr-comment | download-mvtec."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,9 @@ USAGE = """usage: python -m anomaly_backbones <command> [options]
 commands:
   backbones [--family F] [--json]   list the backbone registry (layers, dim, d, params, offline weights)
   report [--out reports]            gather finished experiments into tables and plots
+  sweep (--family F | --backbones a,b | --all) [--init random] [-S k=v] [-j N] [--dry-run]
+                                    queue one DVC experiment per backbone and run the queue
+  pr-comment [--base main]          PR comment from dvc metrics diff / dvc params diff
   download-mvtec DEST               download MVTec AD (needs internet)
 """
 
@@ -29,6 +32,14 @@ def main(argv: list[str] | None = None) -> None:
         from .report import main_report
 
         run(lambda: main_report(rest))
+    elif cmd == "sweep":
+        from .sweep import main_sweep
+
+        run(lambda: main_sweep(rest))
+    elif cmd == "pr-comment":
+        from .pr_comment import main_pr_comment
+
+        run(lambda: main_pr_comment(rest))
     elif cmd == "download-mvtec":
         from .download import download_mvtec
 

@@ -42,7 +42,9 @@ PER_CATEGORY_FILE = "metrics/per_category.csv"
 PARAMS_FILE = "params.yaml"
 METHOD_KEYS = ("image_auroc", "pixel_auroc", "ms_per_image", "fit_s", "peak_mb")
 RANDOM_MARK = "†"
-PARAM_CACHE = ".param_counts.json"
+# computed parameter counts, shared by all reports of this user (building a model takes up to seconds)
+PARAM_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anomaly_backbones" / \
+    "param_counts.json"
 
 
 # --------------------------------------------------------------------------------------------- dvc
@@ -131,7 +133,8 @@ class Gathered:
     runs: list[Run] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (name, why)
     notes: list[str] = field(default_factory=list)
-    common: list[str] = field(default_factory=list)  # params every run shares that differ from HEAD
+    common: dict[str, list[str]] = field(default_factory=dict)  # dataset -> params all its runs share
+    #                                                                 that differ from params.yaml at HEAD
 
 
 def _file_data(section: dict | None, path: str) -> dict | None:
@@ -342,7 +345,8 @@ def gather(root: str | Path = ".", all_commits: bool = True, exp_show_json=None,
                   timestamp=r["timestamp"], params=r["params"], metrics=r["metrics"]) for r in kept]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     reference = baselines.get(head) or (next(iter(baselines.values())) if len(baselines) == 1 else None)
-    g.common = _set_variants(g.runs, reference)
+    for ds in sorted({r.dataset for r in g.runs}):  # variants are relative within one dataset's runs
+        g.common[ds] = _set_variants([r for r in g.runs if r.dataset == ds], reference)
     return g
 
 
@@ -367,8 +371,10 @@ def _set_variants(runs: list[Run], reference: dict | None = None) -> list[str]:
 
 # --------------------------------------------------------------------------------------- registry
 
-def registry_info(names: list[str], cache_file: Path | None = None) -> dict[str, dict]:
-    """{name: {family, order, params (count or None), weights_offline}}; counts cached in cache_file."""
+def registry_info(names: list[str], cache_file: Path | None = PARAM_CACHE) -> dict[str, dict]:
+    """{name: {family, order, params (count or None), weights_offline}}. Parameter counts are computed
+    (the model built on the meta device, as `backbones --json` does) once and cached in cache_file,
+    keyed by name, source and constructor."""
     from .backbones import get_entry, registry
 
     order = {e["name"]: i for i, e in enumerate(registry())}
@@ -384,13 +390,14 @@ def registry_info(names: list[str], cache_file: Path | None = None) -> dict[str,
         if e is None:
             out[n] = {"family": "other", "order": 10**6, "params": None, "weights_offline": None}
             continue
-        count = cache.get(e["name"])
+        key = f"{e['name']}|{e['source']}|{e['model']}"
+        count = cache.get(key)
         if count is None:
             try:
                 from .backbones.cli import count_params
 
                 count = count_params(e)
-                cache[e["name"]] = count
+                cache[key] = count
                 changed = True
             except Exception:  # noqa: BLE001 - a missing count never stops the report
                 count = None
@@ -403,8 +410,13 @@ def registry_info(names: list[str], cache_file: Path | None = None) -> dict[str,
         out[n] = {"family": e["family"], "order": order.get(e["name"], 10**6), "params": count,
                   "weights_offline": offline}
     if changed and cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, cache_file)
+        except OSError:  # a read-only home: counts are recomputed next time
+            pass
     return out
 
 
@@ -470,8 +482,10 @@ def md_table(header: list[str], rows: list[list[str]], align: list[str] | None =
     return "\n".join(lines)
 
 
-def family_tables(rows: list[dict]) -> dict[str, dict]:
-    """{family: {"csv": [dict rows], "md": markdown}} with one section per dataset."""
+def family_tables(rows: list[dict], common: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """{family: {"csv": [dict rows], "md": markdown}} with one section per dataset. common: per dataset,
+    the params all its runs share that differ from params.yaml at HEAD (printed under the heading)."""
+    common = common or {}
     out = {}
     families = list(dict.fromkeys(r["family"] for r in sorted(rows, key=lambda r: r["_order"])))
     for fam in families:
@@ -522,7 +536,9 @@ def family_tables(rows: list[dict]) -> dict[str, dict]:
                 cells += [_f(t["peak_mb"], 0), _params_str(t["params"]), t["source"]]
                 md_rows.append(cells)
             align = ["l", "l"] + (["l"] if show_variant else []) + ["r"] * (len(header) - 3 - show_variant) + ["l"]
-            parts.append(f"## {fam} on `{ds}`\n\n" + md_table(header, md_rows, align))
+            shared = (f"All runs here: {', '.join(f'`{c}`' for c in common[ds])} (params.yaml at HEAD differs)."
+                      "\n\n") if common.get(ds) else ""
+            parts.append(f"## {fam} on `{ds}`\n\n" + shared + md_table(header, md_rows, align))
         out[fam] = {"csv": csv_rows, "md": "\n\n".join(parts)}
     return out
 
@@ -719,8 +735,8 @@ def per_category_section(root: Path, runs: list[Run], order: dict[str, int] | No
         for m in sorted({x["method"] for x in rows if x["dataset"] == ds}):
             sel = [x for x in rows if x["dataset"] == ds and x["method"] == m]
             cats = sorted({x["category"] for x in sel})
-            runs_order = sorted(dict.fromkeys((x["backbone"], x["init"], x["random_init"], x["variant"], x["source"])
-                                              for x in sel), key=lambda k: (order.get(k[0], 10**6), k[0], k[2], k[1], k[3]))
+            keys = dict.fromkeys((x["backbone"], x["init"], x["random_init"], x["variant"], x["source"]) for x in sel)
+            runs_order = sorted(keys, key=lambda k: (order.get(k[0], 10**6), k[0], k[2], k[1], k[3]))
             for metric, title in (("image_auroc", "image ROC-AUC"), ("pixel_auroc", "pixel ROC-AUC")):
                 header = ["backbone", "init"] + (["variant"] if any(k[3] for k in runs_order) else []) + cats + \
                          ["mean", "run"]
@@ -769,12 +785,12 @@ def overlays(root: Path, out: Path, n: int) -> tuple[list[dict], list[str]]:
         return made, notes
     prepared, outputs = root / "data" / "prepared", root / "outputs"
     if not (prepared / "categories.json").exists() or not outputs.is_dir():
-        return made, ["the workspace has no `data/prepared` and `outputs/` (run `dvc repro` or `dvc exp apply`, "
-                      "then `dvc checkout`)"]
+        return made, ["the workspace has no `data/prepared` and `outputs/` (run `dvc repro`, or "
+                      "`dvc exp apply <name>` to check out an experiment's outputs)"]
     cats = [c["category"] for c in json.loads((prepared / "categories.json").read_text())]
     stats_f = root / "data" / "features" / "stats.json"
     stats = json.loads(stats_f.read_text()) if stats_f.exists() else {}
-    who = f"{stats.get('backbone', '?')} ({init_label(stats.get('init', '?'))})"
+    who = f"{stats.get('backbone', '?')}, init {init_label(stats.get('init', '?'))}"
     methods = sorted(p.parent.name for p in outputs.glob("*/results.json"))
     import matplotlib
 
@@ -850,18 +866,18 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
     out = Path(out)
     out = out if out.is_absolute() else root / out
     g = gather(root, all_commits=all_commits, exp_show_json=exp_show_json)
-    if out.exists():  # regenerate everything but the parameter-count cache
+    if out.exists():  # regenerate: no table or figure of an earlier report survives
         for p in ("tables", "overlays"):
             shutil.rmtree(out / p, ignore_errors=True)
         for f in out.glob("*.png"):
             f.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    reg = registry_info(sorted({r.backbone for r in g.runs}), out / PARAM_CACHE)
+    reg = registry_info(sorted({r.backbone for r in g.runs}))
     rows = long_rows(g.runs, reg)
     _write_csv(out / "runs.csv", rows)
     foot = random_footnote(rows, reg)
 
-    fam = family_tables(rows)
+    fam = family_tables(rows, g.common)
     table_links = []
     for name, t in fam.items():
         md = f"# Backbone family: {name}\n\n" + t["md"] + "\n\n"
@@ -875,8 +891,10 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
         (out / "tables" / f"{_slug(name)}.md").write_text(md)
         _write_csv(out / "tables" / f"{_slug(name)}.csv", t["csv"])
         n_rnd = sum(r["random_init"] for r in t["csv"])
+        n = len(t["csv"])
         table_links.append(f"- **{name}**: [table](tables/{_slug(name)}.md) · [CSV](tables/{_slug(name)}.csv) "
-                           f"({len(t['csv'])} rows" + (f", {n_rnd} random init {RANDOM_MARK}" if n_rnd else "") + ")")
+                           f"({n} row{'s' if n != 1 else ''}"
+                           + (f", {n_rnd} random init {RANDOM_MARK}" if n_rnd else "") + ")")
 
     prow = pareto_rows(rows)
     _write_csv(out / "pareto.csv", prow)
@@ -892,6 +910,10 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
     _write_csv(out / "per_category.csv", pc_rows)
 
     made, notes = overlays(root, out, n_overlays)
+    ws_why = [why for name, why in g.skipped if name == "workspace" and "dvc status" in why]
+    if made and ws_why:
+        notes.insert(0, "the workspace is not up to date (see \"Not included\"): the figures show what "
+                        "`data/prepared` and `outputs/` hold now")
 
     lines = ["# Backbone study report", "",
              f"Generated by `python -m anomaly_backbones report` from `dvc exp show --json"
@@ -899,9 +921,12 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
              f"{sum(r.kind == 'experiment' for r in g.runs)} finished experiment(s)"
              f"{' + the workspace' if any(r.kind == 'workspace' for r in g.runs) else ''}, "
              f"{len(rows)} backbone x method result(s).", ""]
-    if g.common:
-        lines += ["Every run here differs from params.yaml at HEAD in: " + ", ".join(f"`{c}`" for c in g.common)
-                  + ". The `variant` column shows params that differ between runs.", ""]
+    for ds, common in g.common.items():
+        if common:
+            lines += [f"All runs on `{ds}` differ from params.yaml at HEAD in: " + ", ".join(f"`{c}`" for c in common)
+                      + ".", ""]
+    lines += ["The `variant` column shows the params (besides backbone and init) that differ between the runs "
+              "on one dataset.", ""]
     lines += ["## Tables per backbone family", ""] + (table_links or ["_No finished runs._"]) + [""]
     lines += ["All results in one file: [runs.csv](runs.csv) (one row per run and method, with the experiment's "
               "commit and baseline).", ""]

@@ -19,7 +19,8 @@ def run(main: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: nothing was recorded; `dvc repro` re-runs this stage.", file=sys.stderr)
+        print("interrupted: nothing partial is trusted; re-run the command (`dvc repro` re-runs an "
+              "interrupted stage).", file=sys.stderr)
         sys.exit(130)
 
 
