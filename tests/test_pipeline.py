@@ -87,6 +87,9 @@ def test_same_params_give_identical_quality_metrics(clone):
     ("stages/02_prepare.py", {"data.root": "/nonexistent/folder"}, "/nonexistent/folder"),
     ("stages/04_fit.py", {"padim.d": 100000}, "padim.d"),
     ("stages/02_prepare.py", {"seed": "x"}, "seed"),
+    ("stages/02_prepare.py", {"padim.d": 0}, "padim.d"),
+    ("stages/02_prepare.py", {"methods": ["padim", "fastflow"]}, "unknown method 'fastflow'"),
+    ("stages/03_extract.py", {"init": "/nonexistent/weights.pth"}, "weights.pth"),
 ])
 def test_user_errors_are_one_clear_line_without_traceback(clone, tmp_path, stage, changes, expect):
     sh(["dvc", "repro"], cwd=clone)

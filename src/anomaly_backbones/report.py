@@ -365,7 +365,8 @@ def _set_variants(runs: list[Run], reference: dict | None = None) -> list[str]:
         elif k in ref and _canonical(ref[k]) != next(iter(vals)) and k not in ("backbone", "init"):
             common.append(f"{k}={_fmt_value(flat[0].get(k))}")
     for r, f in zip(runs, flat):
-        r.variant = ", ".join(f"{k}={_fmt_value(f.get(k))}" for k in base if _canonical(f.get(k)) != base[k])
+        # a param a run does not have (older params.yaml without that group) sets nothing apart
+        r.variant = ", ".join(f"{k}={_fmt_value(f[k])}" for k in base if k in f and _canonical(f[k]) != base[k])
     return common
 
 
