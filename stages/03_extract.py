@@ -14,7 +14,7 @@ from tqdm import tqdm
 from anomaly_backbones.backbones import FeatureExtractor, load_backbone, resolve_layers
 from anomaly_backbones.data.prepare import load_prepared
 from anomaly_backbones.features import FeatureWriter
-from anomaly_backbones.methods.patchcore_layers import patchcore_layers
+from anomaly_backbones.methods.patchcore import resolve_layers as patchcore_layers
 from anomaly_backbones.params import load_params
 from anomaly_backbones.runner import peak_rss_mb, read_json, run, write_json
 
