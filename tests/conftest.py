@@ -7,23 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly_backbones.features import FeatureWriter
+from anomaly_backbones.features import FeatureSet, FeatureWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 MTD_ROOT = Path(os.environ.get("MTD_ROOT", ROOT.parent / "shared" / "datasets" / "magnetic_tile"))
 
 
-def write_cache(path: Path, layers: dict[str, tuple[np.ndarray, np.ndarray]], image_size: int = 32,
-                backbone: str = "test") -> Path:
-    """layers: {name: (train (N,C,H,W), test (M,C,H,W))} -> a FeatureSet folder."""
-    w = FeatureWriter(path, {"backbone": backbone, "init": "random", "layers": list(layers),
+def make_cache(root: Path, train: dict, test: dict, image_size: int = 32):
+    """Write {layer: (N, C, H, W)} train/test arrays as a feature cache; return both FeatureSets."""
+    w = FeatureWriter(root, {"backbone": "test", "init": "random", "layers": list(train),
                              "image_size": image_size, "ms_per_image": 1.0})
-    for i, split in enumerate(("train", "test")):
-        arrays = {k: v[i] for k, v in layers.items()}
-        w.open(split, len(next(iter(arrays.values()))), {k: v.shape[1:] for k, v in arrays.items()})
-        w.write(split, arrays)
+    for split, arrays in (("train", train), ("test", test)):
+        n = next(iter(arrays.values())).shape[0]
+        w.open(split, n, {k: v.shape[1:] for k, v in arrays.items()})
+        w.write(split, {k: v.astype(np.float32) for k, v in arrays.items()})
     w.close()
-    return path
+    return FeatureSet(root, "train"), FeatureSet(root, "test")
 
 
 @pytest.fixture

@@ -12,15 +12,9 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet, FeatureWriter
 from anomaly_backbones.methods.cflow import CFlow, ConditionalFlow, positional_encoding_2d
 
+from conftest import make_cache
 
-def make_cache(root, train: dict, test: dict, image_size: int = 32):
-    w = FeatureWriter(root, {"layers": list(train), "image_size": image_size})
-    for split, arrays in (("train", train), ("test", test)):
-        n = next(iter(arrays.values())).shape[0]
-        w.open(split, n, {k: v.shape[1:] for k, v in arrays.items()})
-        w.write(split, {k: v.astype(np.float32) for k, v in arrays.items()})
-    w.close()
-    return FeatureSet(root, "train"), FeatureSet(root, "test")
+
 
 
 def scrambled_flow(dim: int, cond: int, blocks: int, seed: int = 0) -> ConditionalFlow:

@@ -6,7 +6,7 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods.padim import PaDiM
 
-from conftest import write_cache
+from conftest import make_cache
 
 
 def _cache(tmp_path, n=12, m=5, seed=0):
@@ -14,7 +14,7 @@ def _cache(tmp_path, n=12, m=5, seed=0):
     l1 = (rng.normal(size=(n, 6, 4, 4)).astype(np.float32), rng.normal(size=(m, 6, 4, 4)).astype(np.float32))
     l2 = (rng.normal(size=(n, 5, 2, 2)).astype(np.float32), rng.normal(size=(m, 5, 2, 2)).astype(np.float32))
     l2[1][0, :, 1, 1] += 6.0  # an anomaly in test image 0, lower-right quadrant
-    return write_cache(tmp_path / "c", {"a": l1, "b": l2}, image_size=16)
+    return make_cache(tmp_path / "c", {"a": l1[0], "b": l2[0]}, {"a": l1[1], "b": l2[1]}, image_size=16)[0].dir
 
 
 def _brute_force(cache, layers, idx):
@@ -74,7 +74,7 @@ def test_padim_nonfinite_features_are_an_error(tmp_path):
     rng = np.random.default_rng(0)
     tr = rng.normal(size=(4, 3, 2, 2)).astype(np.float32)
     te = rng.normal(size=(2, 3, 2, 2)).astype(np.float32)
-    cache = write_cache(tmp_path / "c", {"a": (tr, te)}, image_size=8)
+    cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
     np.lib.format.open_memmap(cache / "test" / "a.npy", mode="r+")[0, 0, 0, 0] = np.nan
     m = PaDiM({"d": 3}, ["a"], seed=0)
     m.fit(FeatureSet(cache, "train"))
@@ -87,7 +87,7 @@ def test_constant_features_and_fewer_images_than_d_are_regularized(tmp_path):
     tr = np.ones((3, 10, 2, 2), np.float32)
     te = np.ones((2, 10, 2, 2), np.float32)
     te[1] += 1.0
-    cache = write_cache(tmp_path / "c", {"a": (tr, te)}, image_size=8)
+    cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
     m = PaDiM({"d": 10}, ["a"], seed=0)
     m.fit(FeatureSet(cache, "train"))
     dist = m.distances(FeatureSet(cache, "test"))

@@ -14,15 +14,9 @@ from anomaly_backbones.methods.coreset import (coreset_size, covering_radius, gr
                                                sparse_random_projection)
 from anomaly_backbones.methods.patchcore import PatchCore, nearest, resolve_layers, reweighted_score
 
+from conftest import make_cache
 
-def make_cache(root, train: dict, test: dict, image_size: int = 32):
-    w = FeatureWriter(root, {"layers": list(train), "image_size": image_size})
-    for split, arrays in (("train", train), ("test", test)):
-        n = next(iter(arrays.values())).shape[0]
-        w.open(split, n, {k: v.shape[1:] for k, v in arrays.items()})
-        w.write(split, {k: v.astype(np.float32) for k, v in arrays.items()})
-    w.close()
-    return FeatureSet(root, "train"), FeatureSet(root, "test")
+
 
 
 def brute_greedy(x: np.ndarray, m: int, start: int) -> np.ndarray:

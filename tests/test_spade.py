@@ -11,16 +11,9 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet, FeatureWriter
 from anomaly_backbones.methods.spade import SPADE
 
+from conftest import make_cache
 
-def make_cache(root, train: dict, test: dict, image_size: int = 32):
-    """Write {layer: (N, C, H, W)} train/test arrays as a feature cache; return both FeatureSets."""
-    w = FeatureWriter(root, {"layers": list(train), "image_size": image_size})
-    for split, arrays in (("train", train), ("test", test)):
-        n = next(iter(arrays.values())).shape[0]
-        w.open(split, n, {k: v.shape[1:] for k, v in arrays.items()})
-        w.write(split, {k: v.astype(np.float32) for k, v in arrays.items()})
-    w.close()
-    return FeatureSet(root, "train"), FeatureSet(root, "test")
+
 
 
 def hand_cache(tmp_path):
