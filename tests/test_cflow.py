@@ -9,12 +9,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.features import FeatureSet, FeatureWriter
+from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods.cflow import CFlow, ConditionalFlow, positional_encoding_2d
 
 from conftest import make_cache
-
-
 
 
 def scrambled_flow(dim: int, cond: int, blocks: int, seed: int = 0) -> ConditionalFlow:

@@ -9,14 +9,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.features import FeatureSet, FeatureWriter
+from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods.coreset import (coreset_size, covering_radius, greedy_batched, greedy_reference,
                                                sparse_random_projection)
 from anomaly_backbones.methods.patchcore import PatchCore, nearest, resolve_layers, reweighted_score
 
 from conftest import make_cache
-
-
 
 
 def brute_greedy(x: np.ndarray, m: int, start: int) -> np.ndarray:

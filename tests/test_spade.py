@@ -8,12 +8,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.features import FeatureSet, FeatureWriter
+from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods.spade import SPADE
 
 from conftest import make_cache
-
-
 
 
 def hand_cache(tmp_path):
