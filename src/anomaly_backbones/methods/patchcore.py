@@ -29,6 +29,14 @@ nearest bank vector m*, the `neighbors` bank vectors nearest to m* (m* itself fi
 w = 1 - softmax(-)[m*] over the Euclidean distances from the test patch to those vectors,
 i.e. 1 - exp(|m_test - m*|) / sum_{m in N_b(m*)} exp(|m_test - m|); score = w * s*
 (neighbors == 1: score = s*). Map: patch distances -> bilinear to image size -> blur sigma 4.
+
+Measured on the magnetic-tile split (761 train / 583 test images, tf_efficientnet_lite0,
+layers auto -> blocks.2 + blocks.4: 596,624 patches of 152 dims, 59,662 centers), 2 CPU cores
+shared with other jobs:
+| coreset | fit s | predict s | image ROC-AUC | pixel ROC-AUC | covering radius (projected) |
+| fast    |  71   |   198     | 0.9775        | 0.8493        | 13.87 |
+| exact   | 149   |   193     | 0.9792        | 0.8494        | 13.71 |
+(published PatchCore on this split: 0.979.)
 """
 from __future__ import annotations
 
