@@ -1,4 +1,9 @@
-"""Stage 5, aggregate: metrics/metrics.json (means over categories), per-category CSV, ROC plots."""
+"""Stage 5, aggregate: means over categories, per-category CSV, ROC plots.
+
+Quality and cost go to two files: metrics/metrics.json (run + ROC-AUC: a function of the params
+alone, so the same params give it bit for bit) and metrics/speed.json (ms/image, fit seconds,
+peak memory: they depend on the machine and its load). `dvc metrics show/diff` reads both.
+"""
 import csv
 import math
 from pathlib import Path
@@ -16,6 +21,7 @@ def main():
     feats = read_json("data/features/stats.json")
     metrics = {"run": {"backbone": feats["backbone"], "init": feats["init"], "layers": ",".join(feats["layers"]),
                        "dataset": p["data"]["dataset"], "seed": p["seed"]}}
+    speed = {}
     rows = []
     roc_dir = METRICS / "roc"
     roc_dir.mkdir(parents=True, exist_ok=True)
@@ -25,9 +31,8 @@ def main():
         res = read_json(Path("outputs") / method / "results.json")
         cats = res["categories"]
         mean = lambda k: float(np.nanmean([c[k] for c in cats.values()]))  # noqa: E731
-        metrics[method] = {
-            "image_auroc": round(mean("image_auroc"), 6),
-            "pixel_auroc": round(mean("pixel_auroc"), 6),
+        metrics[method] = {"image_auroc": round(mean("image_auroc"), 6), "pixel_auroc": round(mean("pixel_auroc"), 6)}
+        speed[method] = {
             "ms_per_image": round(mean("backbone_ms_per_image") + mean("predict_ms_per_image"), 2),
             "fit_s": round(sum(c["fit_s"] for c in cats.values()), 2),
             "peak_mb": round(max(res["peak_mb"], feats["peak_mb"]), 1),
@@ -41,12 +46,13 @@ def main():
                 w.writerow(["fpr", "tpr"])
                 w.writerows(zip(c["roc"]["fpr"], c["roc"]["tpr"]))
     write_json(METRICS / "metrics.json", metrics)
+    write_json(METRICS / "speed.json", speed)
     with open(METRICS / "per_category.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     for m in p["methods"]:
-        print(f"{m}: " + ", ".join(f"{k} {v}" for k, v in metrics[m].items()))
+        print(f"{m}: " + ", ".join(f"{k} {v}" for k, v in {**metrics[m], **speed[m]}.items()))
 
 
 if __name__ == "__main__":

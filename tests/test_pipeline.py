@@ -33,7 +33,7 @@ def clone(tmp_path_factory):
     """A clean clone with the working tree's pipeline files, committed, and tiny data params."""
     dst = tmp_path_factory.mktemp("clone") / "repo"
     sh(["git", "clone", "-q", str(ROOT), str(dst)], cwd=ROOT)
-    for f in ("dvc.yaml", "params.yaml", "stages", "src"):
+    for f in ("dvc.yaml", ".gitignore", "params.yaml", "stages", "src"):
         src = ROOT / f
         if src.is_dir():
             shutil.copytree(src, dst / f, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -48,7 +48,9 @@ def clone(tmp_path_factory):
 def test_repro_writes_metrics_and_second_repro_is_a_noop(clone):
     r = sh(["dvc", "repro"], cwd=clone)
     m = json.loads((clone / "metrics" / "metrics.json").read_text())
-    assert set(m["padim"]) == {"image_auroc", "pixel_auroc", "ms_per_image", "fit_s", "peak_mb"}
+    assert set(m["padim"]) == {"image_auroc", "pixel_auroc"}
+    speed = json.loads((clone / "metrics" / "speed.json").read_text())
+    assert set(speed["padim"]) == {"ms_per_image", "fit_s", "peak_mb"} and speed["padim"]["fit_s"] > 0
     assert 0.5 < m["padim"]["image_auroc"] <= 1.0 and 0.5 < m["padim"]["pixel_auroc"] <= 1.0
     assert m["run"]["backbone"] == "tf_efficientnet_lite0" and m["run"]["init"].startswith("imagenet")
     rows = (clone / "metrics" / "per_category.csv").read_text().splitlines()
@@ -70,14 +72,13 @@ def test_changing_a_method_param_reuses_the_feature_cache(clone):
     assert len(shown) >= 1
 
 
-def test_same_params_give_identical_quality_metrics(clone):
-    """Determinism: a forced re-run reproduces every ROC-AUC bit for bit (timings differ)."""
+def test_same_params_give_bit_identical_metrics_json(clone):
+    """Determinism: re-running every stage from scratch reproduces metrics/metrics.json byte for byte
+    (timings live in metrics/speed.json, which may differ)."""
     sh(["dvc", "repro"], cwd=clone)
-    before = json.loads((clone / "metrics" / "metrics.json").read_text())
-    sh(["dvc", "repro", "--force", "fit@padim", "aggregate", "--single-item"], cwd=clone)
-    after = json.loads((clone / "metrics" / "metrics.json").read_text())
-    for k in ("image_auroc", "pixel_auroc"):
-        assert before["padim"][k] == after["padim"][k]
+    before = (clone / "metrics" / "metrics.json").read_bytes()
+    sh(["dvc", "repro", "--force"], cwd=clone)
+    assert (clone / "metrics" / "metrics.json").read_bytes() == before
 
 
 @pytest.mark.parametrize("stage,changes,expect", [

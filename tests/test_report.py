@@ -123,13 +123,15 @@ def _exp(name, rev, params, metrics, state=None, error=None):
     return {"revs": [{"rev": rev, "name": name, "error": error, "experiments": None,
                       "data": {"rev": rev, "timestamp": "2026-11-28T18:28:58",
                                "params": {"params.yaml": {"data": params}},
-                               "metrics": {"metrics/metrics.json": {"data": metrics}} if metrics else {}}}],
+                               "metrics": {"metrics/metrics.json": {"data": metrics},
+                                           "metrics/speed.json": {"data": S}} if metrics else {}}}],
             "executor": executor, "name": name}
 
 
 P = {"seed": 1, "backbone": "resnet18", "init": "random", "layers": "auto", "padim": {"d": "auto"}}
 M = {"run": {"backbone": "resnet18", "init": "random:seed=1", "dataset": "synthetic", "seed": 1},
-     "padim": {"image_auroc": 0.75, "pixel_auroc": 0.9, "ms_per_image": 100.0, "fit_s": 1.0, "peak_mb": 900.0}}
+     "padim": {"image_auroc": 0.75, "pixel_auroc": 0.9}}
+S = {"padim": {"ms_per_image": 100.0, "fit_s": 1.0, "peak_mb": 900.0}}
 SHOW = [
     {"rev": "workspace", "name": None, "error": None, "experiments": None,
      "data": {"rev": "workspace", "params": {"params.yaml": {"data": P}},
@@ -152,6 +154,10 @@ def test_parse_exp_show_keeps_only_finished_runs():
     assert [r["label"] for r in records] == ["workspace", "done-one", "done-two"]
     assert dict(skipped) == {"broke": "failed", "waiting": "queued"}
     assert baselines["b" * 40]["backbone"] == "x"
+    # an experiment's metrics.json (quality) and speed.json (cost) are read as one record
+    assert records[1]["metrics"]["padim"] == {**M["padim"], **S["padim"]}
+    # the workspace here predates speed.json: its metrics.json alone is kept as it is
+    assert records[0]["metrics"]["padim"] == M["padim"]
     states = {e["name"]: e["state"] for e in experiment_states(SHOW)}
     assert states == {"done-one": "success", "done-two": "success", "broke": "failed", "waiting": "queued"}
 
@@ -227,7 +233,7 @@ def study(tmp_path_factory):
     origin, a = base / "origin.git", base / "a"
     sh(["git", "clone", "-q", "--bare", str(ROOT), str(origin)], cwd=base)
     sh(["git", "clone", "-q", str(origin), str(a)], cwd=base)
-    for f in ("dvc.yaml", "stages", "src"):  # the working tree's pipeline, as the editable install runs it
+    for f in ("dvc.yaml", ".gitignore", "stages", "src"):  # the working tree's pipeline, as the editable install runs it
         src = ROOT / f
         if src.is_dir():
             shutil.copytree(src, a / f, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -242,7 +248,7 @@ def study(tmp_path_factory):
         node[last] = value
     (a / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     sh(["git", "checkout", "-q", "-b", "tiny"], cwd=a)
-    sh(["git", "add", "-A", "dvc.yaml", "stages", "src", "params.yaml"], cwd=a)
+    sh(["git", "add", "-A", "dvc.yaml", ".gitignore", "stages", "src", "params.yaml"], cwd=a)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny", "--allow-empty"], cwd=a)
     sh(["git", "push", "-q", "origin", "tiny"], cwd=a)
     sh(["dvc", "exp", "run", "-n", "lite0-imagenet"], cwd=a)

@@ -1,7 +1,7 @@
 """`python -m anomaly_backbones report [--out reports] [--overlays N]`: every finished run, in tables and plots.
 
 Sources (nothing is re-run, nothing is applied to the workspace):
-  * `dvc exp show --json --all-commits`: params and metrics/metrics.json of every finished experiment
+  * `dvc exp show --json --all-commits`: params, metrics/metrics.json and metrics/speed.json of every finished experiment
     (queued, running and failed ones are listed as skipped) and of the workspace. The workspace is
     left out when its metrics/metrics.json was produced by other params than params.yaml holds (a run
     in progress, or params edited since), and when it is the same run as an experiment.
@@ -37,7 +37,8 @@ from pathlib import Path
 
 from .errors import UserError
 
-METRICS_FILE = "metrics/metrics.json"
+METRICS_FILE = "metrics/metrics.json"   # run + ROC-AUC
+SPEED_FILE = "metrics/speed.json"       # ms/image, fit_s, peak_mb per method (older runs kept them in METRICS_FILE)
 PER_CATEGORY_FILE = "metrics/per_category.csv"
 PARAMS_FILE = "params.yaml"
 METHOD_KEYS = ("image_auroc", "pixel_auroc", "ms_per_image", "fit_s", "peak_mb")
@@ -175,6 +176,9 @@ def parse_exp_show(data) -> tuple[list[dict], list[tuple[str, str]], dict[str, d
         if not metrics:
             skipped.append((label, f"no {METRICS_FILE}"))
             return
+        for method, figures in (_file_data(d.get("metrics"), SPEED_FILE) or {}).items():
+            if isinstance(metrics.get(method), dict) and isinstance(figures, dict):
+                metrics[method] = {**metrics[method], **figures}
         records.append({"label": label, "rev": rev, "kind": kind, "baseline": baseline,
                         "timestamp": d.get("timestamp"), "params": params or {}, "metrics": metrics})
 
