@@ -53,6 +53,8 @@ def test_repro_writes_metrics_and_second_repro_is_a_noop(clone):
     assert set(speed["padim"]) == {"ms_per_image", "fit_s", "peak_mb"} and speed["padim"]["fit_s"] > 0
     assert 0.5 < m["padim"]["image_auroc"] <= 1.0 and 0.5 < m["padim"]["pixel_auroc"] <= 1.0
     assert m["run"]["backbone"] == "tf_efficientnet_lite0" and m["run"]["init"].startswith("imagenet")
+    cache = sum(f.stat().st_size for f in (clone / "data" / "features").rglob("*.npy")) / 2**20
+    assert m["run"]["feature_dtype"] == "float32" and abs(m["run"]["cache_mb"] - cache) < 0.1
     rows = (clone / "metrics" / "per_category.csv").read_text().splitlines()
     assert rows[0].startswith("method,category") and len(rows) == 3
     assert sorted(p.name for p in (clone / "metrics" / "roc").iterdir()) == ["padim_disc.csv", "padim_weave.csv"]

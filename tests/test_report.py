@@ -283,6 +283,7 @@ def test_report_on_tiny_study(study):
     assert f"| resnet18 | random {RANDOM_MARK} |" in res and "lite0-imagenet" not in res
     assert f"{RANDOM_MARK} **random init**" in res and ("unavailable offline" in res or "chosen explicitly" in res)
     assert "11.7M" in res and "4.7M" in lite                          # parameters from the registry
+    assert "| peak MB | cache MB |" in lite                            # feature cache size per backbone
     rows = list(csv.DictReader(open(out / "tables" / "resnet.csv")))
     assert len(rows) == 1 and rows[0]["random_init"] == "True" and float(rows[0]["padim_image_auroc"]) > 0
     pareto = list(csv.DictReader(open(out / "pareto.csv")))

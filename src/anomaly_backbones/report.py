@@ -450,7 +450,8 @@ def long_rows(runs: list[Run], reg: dict[str, dict]) -> list[dict]:
             rows.append({
                 "family": info["family"], "backbone": r.backbone, "init": init_label(r.init),
                 "init_full": r.init, "random_init": init_kind(r.init) == "random", "dataset": r.dataset,
-                "layers": r.info.get("layers", ""), "variant": r.variant, "method": m,
+                "layers": r.info.get("layers", ""), "cache_mb": _num(r.info.get("cache_mb")), "variant": r.variant,
+                "method": m,
                 **{k: _num(mv.get(k)) for k in METHOD_KEYS},
                 "params": info.get("params"), "source": r.label, "rev": r.rev, "baseline": r.baseline or "",
                 "timestamp": r.timestamp or "", "_order": info["order"],
@@ -507,7 +508,8 @@ def family_tables(rows: list[dict], common: dict[str, list[str]] | None = None) 
             for (bb, init, variant, source), by_m in keyed.items():
                 any_r = next(iter(by_m.values()))
                 row = {"backbone": bb, "init": init, "random_init": any_r["random_init"], "dataset": ds,
-                       "variant": variant, "layers": any_r["layers"], "params": any_r["params"]}
+                       "variant": variant, "layers": any_r["layers"], "params": any_r["params"],
+                       "cache_mb": any_r["cache_mb"]}
                 for m in methods:
                     mr = by_m.get(m, {})
                     row[f"{m}_image_auroc"] = mr.get("image_auroc")
@@ -528,7 +530,7 @@ def family_tables(rows: list[dict], common: dict[str, list[str]] | None = None) 
             for m in methods:
                 header += [f"{m} image ROC-AUC", f"{m} pixel ROC-AUC"]
             header += ["ms/image"] if one else [f"{m} ms/image" for m in methods]
-            header += ["peak MB", "parameters", "run"]
+            header += ["peak MB", "cache MB", "parameters", "run"]
             md_rows = []
             for t in table_rows:
                 cells = [t["backbone"], f"{t['init']} {RANDOM_MARK}" if t["random_init"] else t["init"]]
@@ -538,7 +540,7 @@ def family_tables(rows: list[dict], common: dict[str, list[str]] | None = None) 
                     s = _f(t[c])
                     cells.append(f"**{s}**" if s and len(table_rows) > 1 and s == best[c] else s)
                 cells += [_f(t[f"{m}_ms_per_image"], 1) for m in methods]
-                cells += [_f(t["peak_mb"], 0), _params_str(t["params"]), t["source"]]
+                cells += [_f(t["peak_mb"], 0), _f(t["cache_mb"], 0), _params_str(t["params"]), t["source"]]
                 md_rows.append(cells)
             align = ["l", "l"] + (["l"] if show_variant else []) + ["r"] * (len(header) - 3 - show_variant) + ["l"]
             shared = (f"All runs here: {', '.join(f'`{c}`' for c in common[ds])} (params.yaml at HEAD differs)."
@@ -887,7 +889,8 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
     for name, t in fam.items():
         md = f"# Backbone family: {name}\n\n" + t["md"] + "\n\n"
         md += ("Columns: ROC-AUC are means over categories (`metrics/metrics.json`); ms/image = backbone forward + "
-               "method scoring per test image on the CPU; peak MB = peak RSS of the extract/fit processes; "
+               "method scoring per test image on the CPU (`metrics/speed.json`); peak MB = peak RSS of the "
+               "extract/fit processes; cache MB = the feature cache on disk (`extract.dtype`: float16 halves it); "
                "parameters = the backbone as loaded (heads removed where the registry says so). Bold = best in "
                "the column. `run` = experiment name (`dvc exp show`) or workspace.\n")
         if foot and any(r["random_init"] for r in t["csv"]):
