@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -33,13 +34,26 @@ def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
+@lru_cache(maxsize=16)
+def resize_blur_matrix(n: int, size: int, sigma: float) -> torch.Tensor:
+    """(size, n) matrix of "bilinear n -> size, then blur" along one axis.
+
+    Both steps are linear and separable, so a map is M_h @ grid @ M_w.T: two small matmuls
+    instead of interpolating and convolving 224x224 images (measured 4 s -> 0.3 s for 583
+    maps). Built by running the same interpolate + blur on basis images: constant along the
+    other axis, where bilinear weights and the normalized reflect-padded blur both sum to one."""
+    basis = torch.eye(n, dtype=torch.float32).view(n, 1, n, 1)
+    up = F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)
+    return blur(up[:, 0], sigma)[:, :, 0].T.contiguous()
+
+
 def anomaly_maps(grid: torch.Tensor | np.ndarray, size: int, sigma: float = 4.0, chunk: int = 64) -> np.ndarray:
     """(N, h, w) patch scores -> (N, size, size) float32 maps: bilinear upsampling, then blur."""
     g = torch.as_tensor(np.asarray(grid), dtype=torch.float32)
+    mh, mw = resize_blur_matrix(g.shape[1], size, sigma), resize_blur_matrix(g.shape[2], size, sigma)
     out = np.empty((g.shape[0], size, size), np.float32)
     for s in range(0, g.shape[0], chunk):
-        up = F.interpolate(g[s:s + chunk, None], size=(size, size), mode="bilinear", align_corners=False)
-        out[s:s + chunk] = blur(up[:, 0], sigma).numpy()
+        out[s:s + chunk] = torch.matmul(torch.matmul(mh, g[s:s + chunk]), mw.T).numpy()
     return out
 
 
@@ -53,7 +67,7 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
                         f"values. Check init/weights (a corrupt checkpoint?) and input images.")
 
 
-__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d"]
+__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "resize_blur_matrix"]
 
 
 @contextmanager

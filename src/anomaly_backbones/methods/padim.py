@@ -49,25 +49,34 @@ class PaDiM:
         self.d = d
 
     def _rows(self, fs: FeatureSet, r0: int, r1: int) -> torch.Tensor:
-        """(N, d, (r1-r0)*W) embedding of grid rows r0:r1 for all images of a split.
+        """(positions, N, d) embedding of grid rows r0:r1 for all images of a split.
 
         Nearest upsampling is an index gather (src = floor(dst * in / out), as F.interpolate),
-        so only the rows and the R_d channels a chunk needs are read from the cache."""
+        so only the rows and the R_d channels a chunk needs are read from the cache. Each layer
+        is transposed once at its own resolution to (h, w, N, c); the gather to the grid then
+        copies whole (N, c) blocks, so the batched matmuls get their layout without a further copy."""
         H, W = self.grid
-        parts = []
+        out = None
+        off = 0
         for layer in self.layers:
             ch = self.channels[layer]
             if len(ch) == 0:
                 continue
             _, h, w = fs.shape(layer)
             ri = (np.arange(r0, r1) * h) // H
-            ci = (np.arange(W) * w) // W
+            ci = None if w == W else (np.arange(W) * w) // W
             lo, hi = int(ri.min()), int(ri.max()) + 1
-            a = np.asarray(fs.array(layer)[:, :, lo:hi][:, ch], dtype=np.float32)
-            parts.append(a[:, :, ri - lo][:, :, :, ci])
-        e = torch.from_numpy(np.concatenate(parts, 1)).flatten(2)
-        check_finite(e.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
-        return e
+            a = fs.array(layer)[:, :, lo:hi]
+            a = a[:, ch] if len(ch) < a.shape[1] else a
+            a = np.ascontiguousarray(a.transpose(2, 3, 0, 1), dtype=np.float32)   # (rows, w, N, c)
+            if out is None:
+                out = np.empty((r1 - r0, W, a.shape[2], self.d), np.float32)
+            for r, src in enumerate(ri - lo):      # row by row: numpy copies whole (N, c) blocks
+                out[r, :, :, off:off + len(ch)] = a[src] if ci is None else a[src][ci]
+            off += len(ch)
+        out = torch.from_numpy(out.reshape(-1, out.shape[2], self.d))
+        check_finite(out.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
+        return out
 
     def estimate_bytes(self, n: int) -> float:
         """Peak of fit: the inverse covariances, plus per chunk the embedding and its centred
@@ -98,16 +107,15 @@ class PaDiM:
         self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
         eye = torch.eye(self.d) * EPS
         for r0, r1 in self._row_chunks(n):
-            e = self._rows(train, r0, r1)                              # (n, d, p)
-            mu = e.mean(0)                                             # (d, p)
-            xc = (e - mu).permute(2, 0, 1).contiguous()                # (p, n, d): bmm is slow on strided input
-            del e
+            xc = self._rows(train, r0, r1)                             # (p, n, d)
+            mu = xc.mean(1)                                            # (p, d)
+            xc.sub_(mu.unsqueeze(1))
             cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
             del xc
             with single_thread():
                 L, info = torch.linalg.cholesky_ex(cov)
                 inv = torch.cholesky_inverse(L) if int(info.max()) == 0 else torch.linalg.pinv(cov, hermitian=True)
-            self.mean[:, r0 * W:r1 * W] = mu
+            self.mean[:, r0 * W:r1 * W] = mu.T
             self.inv_cov[r0 * W:r1 * W] = inv
 
     # -- predict -----------------------------------------------------------------------
@@ -117,7 +125,7 @@ class PaDiM:
         out = np.empty((len(test), H * W), np.float32)
         for r0, r1 in self._row_chunks(len(test)):
             sl = slice(r0 * W, r1 * W)
-            delta = (self._rows(test, r0, r1) - self.mean[:, sl]).permute(2, 0, 1).contiguous()  # (p, N, d)
+            delta = self._rows(test, r0, r1).sub_(self.mean[:, sl].T.unsqueeze(1))  # (p, N, d)
             m = torch.bmm(delta, self.inv_cov[sl])
             out[:, sl] = (m * delta).sum(-1).clamp_min_(0).sqrt_().T.numpy()
         return out.reshape(-1, H, W)
