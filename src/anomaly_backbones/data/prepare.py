@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,27 @@ def prepare_category(cat: Category, out: Path, resize: int, crop: int) -> dict:
     tmp.mkdir(parents=True)
     rows = []
     train = np.lib.format.open_memmap(tmp / "train_images.npy", "w+", np.uint8, (len(cat.train), crop, crop, 3))
-    for i, p in enumerate(tqdm(cat.train, desc=f"prepare {cat.name} train", unit="img", leave=False)):
-        train[i], _ = load_image(p, resize, crop)
-        rows.append(("train", i, str(p), 0, "good"))
     n = len(cat.test)
     test = np.lib.format.open_memmap(tmp / "test_images.npy", "w+", np.uint8, (n, crop, crop, 3))
     masks = np.lib.format.open_memmap(tmp / "test_masks.npy", "w+", np.bool_, (n, crop, crop))
-    for i, s in enumerate(tqdm(cat.test, desc=f"prepare {cat.name} test", unit="img", leave=False)):
-        test[i], size = load_image(s.image, resize, crop)
-        masks[i] = load_mask(s.mask, size, s.image, resize, crop)
-        rows.append(("test", i, str(s.image), int(s.defect != "good"), s.defect))
+
+    def test_sample(s):
+        image, size = load_image(s.image, resize, crop)
+        return image, load_mask(s.mask, size, s.image, resize, crop)
+
+    # PIL decodes and resizes without the GIL: threads use every core; map keeps the order, and
+    # the first bad file (in order) raises its UserError here
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        loaded = pool.map(lambda p: load_image(p, resize, crop)[0], cat.train)
+        for i, (p, image) in enumerate(tqdm(zip(cat.train, loaded), total=len(cat.train),
+                                            desc=f"prepare {cat.name} train", unit="img", leave=False)):
+            train[i] = image
+            rows.append(("train", i, str(p), 0, "good"))
+        loaded = pool.map(test_sample, cat.test)
+        for i, (s, (image, mask)) in enumerate(tqdm(zip(cat.test, loaded), total=n,
+                                                    desc=f"prepare {cat.name} test", unit="img", leave=False)):
+            test[i], masks[i] = image, mask
+            rows.append(("test", i, str(s.image), int(s.defect != "good"), s.defect))
     labels = [r[3] for r in rows if r[0] == "test"]
     if 0 not in labels or 1 not in labels:
         raise UserError(f"category {cat.name}: the test set needs both defect-free and defective images "
