@@ -33,13 +33,19 @@ def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
+def upsample_blur(grid: torch.Tensor, size: int, sigma: float = 4.0) -> torch.Tensor:
+    """(N, h, w) float32 patch scores -> (N, size, size): bilinear upsampling, then blur. Pure torch
+    ops, so the deployable scorer (deploy.py) traces and exports exactly this."""
+    up = F.interpolate(grid[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    return blur(up[:, 0], sigma)
+
+
 def anomaly_maps(grid: torch.Tensor | np.ndarray, size: int, sigma: float = 4.0, chunk: int = 64) -> np.ndarray:
-    """(N, h, w) patch scores -> (N, size, size) float32 maps: bilinear upsampling, then blur."""
+    """(N, h, w) patch scores -> (N, size, size) float32 maps, in chunks of images."""
     g = torch.as_tensor(np.asarray(grid), dtype=torch.float32)
     out = np.empty((g.shape[0], size, size), np.float32)
     for s in range(0, g.shape[0], chunk):
-        up = F.interpolate(g[s:s + chunk, None], size=(size, size), mode="bilinear", align_corners=False)
-        out[s:s + chunk] = blur(up[:, 0], sigma).numpy()
+        out[s:s + chunk] = upsample_blur(g[s:s + chunk], size, sigma).numpy()
     return out
 
 
@@ -53,7 +59,7 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
                         f"values. Check init/weights (a corrupt checkpoint?) and input images.")
 
 
-__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d"]
+__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "upsample_blur"]
 
 
 @contextmanager
