@@ -1,4 +1,4 @@
-"""Stage 5, aggregate: metrics/metrics.json (means over categories), per-category CSV, ROC plots."""
+"""Stage 6, aggregate: metrics/metrics.json (means over categories), per-category CSV, ROC plots."""
 import csv
 import math
 from pathlib import Path
