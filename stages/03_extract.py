@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomaly_backbones.backbones import FeatureExtractor, load_backbone, resolve_layers
+from anomaly_backbones.backbones import FeatureExtractor, load_backbone, normalize, resolve_layers
 from anomaly_backbones.data.prepare import load_prepared
 from anomaly_backbones.features import FeatureWriter
 from anomaly_backbones.methods.patchcore import resolve_layers as patchcore_layers
@@ -23,13 +23,11 @@ PREPARED, OUT = Path("data/prepared"), Path("data/features")
 
 def extract_split(ext, images: np.ndarray, mean, std, batch_size: int, writer: FeatureWriter, split: str, desc: str):
     """Forward all images of a split in batches; returns forward seconds (without I/O)."""
-    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     forward_s = 0.0
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for s in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).permute(0, 3, 1, 2)
-            x = (x.float() / 255.0 - mean) / std
+            x = normalize(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).permute(0, 3, 1, 2),
+                          mean, std)
             t = time.perf_counter()
             feats = ext(x)
             forward_s += time.perf_counter() - t

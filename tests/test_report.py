@@ -15,7 +15,8 @@ import yaml
 
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.pr_comment import MARKER, build_comment, parse_md_table, quality_summary
-from anomaly_backbones.report import (RANDOM_MARK, parse_exp_show, pareto_front, pick_indices, workspace_status)
+from anomaly_backbones.report import (RANDOM_MARK, Run, latency_by_rev, latency_section, parse_exp_show, pareto_front,
+                                      pick_indices, workspace_status)
 from anomaly_backbones.sweep import (apply_overrides, experiment_states, main_sweep, parse_queue_status,
                                      plan_sweep, select_backbones)
 from conftest import ROOT
@@ -172,6 +173,36 @@ def test_workspace_status():
     assert stale is None and "src/anomaly_backbones/methods" in note
 
 
+def _latency(backbone, init, ms):
+    return {"backbone": backbone, "init": init, "category": "disc", "image_size": 224, "load_1m": 0.5,
+            "padim": {**{f"{k}{q}_ms": ms + (5.0 if q else 0.0) for k in ("eager_1t", "eager_all", "onnx_1t",
+                                                                          "onnx_all") for q in ("", "_p90")},
+                      "onnx_mb": 375.3, "threads_all": 2}}
+
+
+def test_latency_table_from_exp_show(tmp_path):
+    """metrics/latency.json of each run, as `dvc exp show --json` lists it next to metrics/metrics.json."""
+    show = json.loads(json.dumps(SHOW))
+    show[0]["data"]["metrics"]["metrics/latency.json"] = {"data": _latency("resnet18", "random:seed=1", 30.0)}
+    done_one = show[1]["experiments"][0]["revs"][0]["data"]["metrics"]
+    done_one["metrics/latency.json"] = {"data": _latency("alexnet", "imagenet:IMAGENET1K_V1", 20.0)}
+    assert set(latency_by_rev(show)) == {"workspace", "1" * 40}           # done-two predates the stage
+    dvc2 = {"workspace": {"baseline": {"data": show[0]["data"]}},
+            "b" * 40: {"baseline": {"data": {}}, "1" * 40: {"data": {"metrics": done_one}}}}
+    assert latency_by_rev(dvc2) == latency_by_rev(show)
+    runs = [Run(**r) for r in parse_exp_show(show)[0]]
+    lines = latency_section(tmp_path, runs, {"alexnet": 0, "resnet18": 1}, show)
+    assert lines[0] == "## Deployment latency (batch 1)"
+    header, rows = parse_md_table("\n".join(lines))
+    assert header[:3] == ["backbone", "init", "eager, 1 thread ms"] and "ONNX MB" in header
+    assert [r[0] for r in rows] == ["alexnet", "resnet18"]                # registry order; done-two left out
+    assert rows[0][2] == "20.0 (25.0)" and rows[1][1] == f"random {RANDOM_MARK}"
+    assert rows[1][-2:] == ["0.5", "workspace"]                             # load, run
+    table = list(csv.DictReader(open(tmp_path / "latency.csv")))
+    assert [t["source"] for t in table] == ["done-one", "workspace"] and table[0]["onnx_all_p90_ms"] == "25.0"
+    assert "_No run has" in latency_section(tmp_path, runs, {}, SHOW)[2]
+
+
 # ------------------------------------------------------------------------------------------- sweep
 
 def test_sweep_selection_and_plan():
@@ -296,6 +327,10 @@ def test_report_on_tiny_study(study):
     assert "2 of 2 run(s) covered" in index
     _png_ok(out / "pareto_synthetic.png")
     _png_ok(out / "overlays" / "padim_disc.png")
+    assert "## Deployment latency (batch 1)" in index
+    latency = list(csv.DictReader(open(out / "latency.csv")))
+    assert {x["source"] for x in latency} == {"lite0-imagenet", "resnet18-random"}
+    assert all(float(x[f"{k}_ms"]) > 0 for x in latency for k in ("eager_1t", "eager_all", "onnx_1t", "onnx_all"))
 
 
 @pytest.mark.slow

@@ -72,3 +72,9 @@ def validate(p: dict) -> None:
             f"`extract.dtype` must be float32 or float16, not {ex.get('dtype')!r}")
     _expect(_is_int(ex.get("batch_size", 32)) and ex.get("batch_size", 32) > 0,
             "`extract.batch_size` must be a positive integer")
+    lat = p.get("latency", {})
+    _expect(isinstance(lat, dict), "`latency` must be a mapping (runs, warmup)")
+    _expect(_is_int(lat.get("runs", 10)) and lat.get("runs", 10) >= 0,
+            f"`latency.runs` must be an integer >= 0 (0 skips the measurement), not {lat.get('runs')!r}")
+    _expect(_is_int(lat.get("warmup", 2)) and lat.get("warmup", 2) >= 0,
+            f"`latency.warmup` must be an integer >= 0, not {lat.get('warmup')!r}")

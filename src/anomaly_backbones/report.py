@@ -17,6 +17,8 @@ Writes into --out (default reports/):
                                    pixel ROC-AUC per method, ms/image, peak MB, parameters
   per_category.md|.csv             appendix: per-category ROC-AUC of every run where it is available
   pareto.csv, pareto_<dataset>.png image ROC-AUC vs CPU ms/image with the Pareto front
+  latency.csv                      batch-1 deployment latency per run (metrics/latency.json), also a table
+                                   in README.md
   overlays/<method>_<category>.png image | ground truth | heat map, a few test images per category
 """
 from __future__ import annotations
@@ -134,6 +136,7 @@ class Gathered:
     runs: list[Run] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (name, why)
     notes: list[str] = field(default_factory=list)
+    exp_show: object = None   # the `dvc exp show --json` data everything here was read from
     common: dict[str, list[str]] = field(default_factory=dict)  # dataset -> params all its runs share
     #                                                                 that differ from params.yaml at HEAD
 
@@ -309,7 +312,7 @@ def gather(root: str | Path = ".", all_commits: bool = True, exp_show_json=None,
         except ValueError as e:
             raise UserError(f"could not read `dvc exp show --json` output: {e}") from None
     records, skipped, baselines = parse_exp_show(exp_show_json)
-    g = Gathered(skipped=list(skipped))
+    g = Gathered(skipped=list(skipped), exp_show=exp_show_json)
     ws_stale = ws_note = None
     if any(r["kind"] == "workspace" for r in records):
         if status_json is None:
@@ -851,6 +854,83 @@ def overlays(root: Path, out: Path, n: int) -> tuple[list[dict], list[str]]:
     return made, notes
 
 
+# ----------------------------------------------------------------------------- deployment latency
+
+LATENCY_FILE = "metrics/latency.json"
+LATENCY_SETTINGS = (("eager_1t", "eager, 1 thread"), ("eager_all", "eager, all threads"),
+                    ("onnx_1t", "ONNX Runtime, 1 thread"), ("onnx_all", "ONNX Runtime, all threads"))
+
+
+def latency_by_rev(data) -> dict[str, dict]:
+    """`dvc exp show --json` (DVC 3 list or DVC 2 dict format) -> {rev: metrics/latency.json}, rev =
+    "workspace" or the experiment's sha as in Run.rev. Runs older than the latency stage have none."""
+    out: dict[str, dict] = {}
+
+    def take(rev, d):
+        lat = _file_data((d or {}).get("metrics") if isinstance(d, dict) else None, LATENCY_FILE)
+        if rev and lat:
+            out[rev] = lat
+
+    if isinstance(data, dict):
+        for rev, group in data.items():
+            for r, e in (group.items() if isinstance(group, dict) else ()):
+                if isinstance(e, dict):
+                    take(rev if r == "baseline" else r, e.get("data"))
+    elif isinstance(data, list):
+        for b in (b for b in data if isinstance(b, dict)):
+            take(b.get("rev"), b.get("data"))
+            for group in (g for g in b.get("experiments") or [] if isinstance(g, dict)):
+                for r in (r for r in group.get("revs") or [] if isinstance(r, dict)):
+                    take(r.get("rev"), r.get("data"))
+    return out
+
+
+def latency_section(out: Path, runs: list[Run], order: dict[str, int], exp_show_json) -> list[str]:
+    """The index's "Deployment latency (batch 1)" lines and latency.csv: one row per run whose
+    metrics/latency.json the same `dvc exp show --json` data carries."""
+    found = latency_by_rev(exp_show_json)
+    rows = []
+    for run in runs:
+        lat = found.get(run.rev)
+        pad = (lat or {}).get("padim")
+        if not isinstance(pad, dict):
+            continue
+        row = {"backbone": lat.get("backbone") or run.backbone, "init": init_label(lat.get("init") or run.init),
+               "random_init": init_kind(lat.get("init") or run.init) == "random", "variant": run.variant,
+               "dataset": run.dataset, "category": lat.get("category", ""), "image_size": lat.get("image_size")}
+        for key, _ in LATENCY_SETTINGS:
+            row[f"{key}_ms"], row[f"{key}_p90_ms"] = _num(pad.get(f"{key}_ms")), _num(pad.get(f"{key}_p90_ms"))
+        row.update(onnx_mb=_num(pad.get("onnx_mb")), threads_all=pad.get("threads_all"),
+                   load_1m=_num(lat.get("load_1m")), source=run.label, rev=run.rev)
+        rows.append(row)
+    rows.sort(key=lambda x: (order.get(x["backbone"], 10**6), x["backbone"], x["random_init"], x["init"], x["variant"]))
+    _write_csv(out / "latency.csv", rows)
+    lines = ["## Deployment latency (batch 1)", ""]
+    if not rows:
+        return lines + [f"_No run has `{LATENCY_FILE}` (the `latency` stage)._", ""]
+    show_variant = any(x["variant"] for x in rows)
+    header = ["backbone", "init"] + (["variant"] if show_variant else []) + \
+        [f"{label} ms" for _, label in LATENCY_SETTINGS] + ["ONNX MB", "all threads", "load", "run"]
+    table = []
+    for x in rows:
+        cells = [x["backbone"], f"{x['init']} {RANDOM_MARK}" if x["random_init"] else x["init"]]
+        cells += [x["variant"]] if show_variant else []
+        cells += [f"{_f(x[f'{k}_ms'], 1)} ({_f(x[f'{k}_p90_ms'], 1)})" if x[f"{k}_ms"] is not None else ""
+                  for k, _ in LATENCY_SETTINGS]
+        cells += [_f(x["onnx_mb"], 1), str(x["threads_all"] or ""), _f(x["load_1m"], 1), x["source"]]
+        table.append(cells)
+    align = ["l", "l"] + (["l"] if show_variant else []) + ["r"] * (len(LATENCY_SETTINGS) + 3) + ["l"]
+    lines += [md_table(header, table, align), "",
+              "PaDiM as one deployable model (`anomaly_backbones.deploy`): raw uint8 image -> backbone up to the "
+              "deepest layer -> anomaly map and image score, one image at a time on the CPU. Median (p90) ms over "
+              "`latency.runs` calls; all threads = as many threads as the run's process had CPUs (column `all "
+              "threads`); load = the machine's 1-minute load average when the run was timed: above `all threads`, "
+              "other work competed for the CPUs (all-threads figures suffer most). Rows from different machines "
+              "are not comparable. ONNX MB = model plus weights (mostly PaDiM's inverse "
+              f"covariances). Data: [latency.csv](latency.csv). Runs without `{LATENCY_FILE}` are left out.", ""]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ main
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -945,6 +1025,7 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
         lines += [f"![Pareto front on {ds}]({p.name})", ""]
     lines += ["Data: [pareto.csv](pareto.csv) (`pareto_front` marks the non-dominated points: no other run is both "
               "faster and better). Hollow markers = random init.", ""]
+    lines += latency_section(out, g.runs, {k: v["order"] for k, v in reg.items()}, g.exp_show)
     lines += ["## Appendix", "",
               f"- [Per-category ROC-AUC](per_category.md) · [CSV](per_category.csv): "
               f"{len(covered)} of {len(g.runs)} run(s) covered"

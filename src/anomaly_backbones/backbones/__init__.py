@@ -5,6 +5,7 @@
         "file:<path>"), .mean, .std (input normalization), .entry (registry dict, or None)
     layers = resolve_layers(name, "auto" | [names])
     ext = FeatureExtractor(bb.model, layers); feats = ext(x)   # {layer: (B, C, h, w)}, in `layers` order
+    x = normalize(uint8 (B, 3, H, W), bb.mean, bb.std)         # the network input of every stage
     d = resolve_d(name, "auto" | int, dim)
     registry() -> list[dict]; get_entry(name) -> dict | None
 
@@ -16,9 +17,9 @@ Weights are looked up in the local caches and a missing download host is detecte
 before any model is built; the error says where to put the file.
 """
 from ..errors import UserError
-from .extractor import FeatureExtractor
+from .extractor import FeatureExtractor, normalize
 from .loader import Backbone, load_backbone, resolve_d, resolve_layers, weights_offline
 from .registry import families, get_entry, registry
 
 __all__ = ["load_backbone", "resolve_layers", "resolve_d", "FeatureExtractor", "registry", "get_entry",
-           "families", "weights_offline", "Backbone", "UserError"]
+           "families", "weights_offline", "Backbone", "UserError", "normalize"]

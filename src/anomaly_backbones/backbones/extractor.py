@@ -14,6 +14,14 @@ from torch import nn
 from ..errors import UserError
 
 
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(B, 3, H, W) uint8 pixels -> the float input the weights expect. The one definition shared by
+    the extract stage and the deployable scorer, so both feed the network identical inputs."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
 class _Done(Exception):
     """Raised from a hook once every requested layer has been captured; caught in __call__."""
 

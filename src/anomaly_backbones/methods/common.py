@@ -47,13 +47,19 @@ def resize_blur_matrix(n: int, size: int, sigma: float) -> torch.Tensor:
     return blur(up[:, 0], sigma)[:, :, 0].T.contiguous()
 
 
+def upsample_blur(grid: torch.Tensor, size: int, sigma: float = 4.0) -> torch.Tensor:
+    """(N, h, w) float32 patch scores -> (N, size, size): bilinear upsampling, then blur, as two
+    matmuls. Pure torch ops, so the deployable scorer (deploy.py) traces and exports exactly this."""
+    mh, mw = resize_blur_matrix(grid.shape[-2], size, sigma), resize_blur_matrix(grid.shape[-1], size, sigma)
+    return torch.matmul(torch.matmul(mh, grid), mw.T)
+
+
 def anomaly_maps(grid: torch.Tensor | np.ndarray, size: int, sigma: float = 4.0, chunk: int = 64) -> np.ndarray:
-    """(N, h, w) patch scores -> (N, size, size) float32 maps: bilinear upsampling, then blur."""
+    """(N, h, w) patch scores -> (N, size, size) float32 maps, in chunks of images."""
     g = torch.as_tensor(np.asarray(grid), dtype=torch.float32)
-    mh, mw = resize_blur_matrix(g.shape[1], size, sigma), resize_blur_matrix(g.shape[2], size, sigma)
     out = np.empty((g.shape[0], size, size), np.float32)
     for s in range(0, g.shape[0], chunk):
-        out[s:s + chunk] = torch.matmul(torch.matmul(mh, g[s:s + chunk]), mw.T).numpy()
+        out[s:s + chunk] = upsample_blur(g[s:s + chunk], size, sigma).numpy()
     return out
 
 
@@ -67,7 +73,7 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
                         f"values. Check init/weights (a corrupt checkpoint?) and input images.")
 
 
-__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "resize_blur_matrix"]
+__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "resize_blur_matrix", "upsample_blur"]
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Stage 5, aggregate: means over categories, per-category CSV, ROC plots.
+"""Stage 6, aggregate: means over categories, per-category CSV, ROC plots.
 
 Quality and cost go to two files: metrics/metrics.json (run + ROC-AUC: a function of the params
 alone, so the same params give it bit for bit) and metrics/speed.json (ms/image, fit seconds,
