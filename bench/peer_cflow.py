@@ -103,14 +103,15 @@ def main():
     for x in batches([p for p, _ in test]):
         out = m(x)
         scores.append(out.pred_score.flatten())
-        maps.append(out.anomaly_map[:, 0].numpy().astype(np.float32))
+        amap = out.anomaly_map
+        maps.append(amap.reshape(len(x), *amap.shape[-2:]).numpy().astype(np.float32))   # (B, H, W)
     t2 = time.perf_counter()
     scores = torch.cat(scores).numpy()
     maps = np.concatenate(maps)
     labels = np.array([0 if mk is None else 1 for _, mk in test])
     masks = np.stack([load_mask(mk) for _, mk in test])
-    print(f"train={len(train)} test={len(test)} image_auroc={roc_auc_score(labels, scores):.4f} "
-          f"pixel_auroc={roc_auc_score(masks.ravel(), maps.ravel()):.4f}")
+    print(f"train={len(train)} test={len(test)} image_auroc={roc_auc_score(labels, scores):.4f}", flush=True)
+    print(f"pixel_auroc={roc_auc_score(masks.ravel(), maps.ravel()):.4f}")
     print(f"fit_s={t1 - t0:.1f} test_s={t2 - t1:.1f} "
           f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
