@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..features import FeatureSet
-from ..runner import check_memory
-from .common import anomaly_maps, check_finite, single_thread
+from ..features import MAP_BYTES, FeatureSet
+from ..runner import BASELINE_BYTES, check_memory
+from .common import anomaly_maps, check_finite, maps_bytes, single_thread
 
 EPS = 0.01
 
@@ -52,9 +52,11 @@ class PaDiM:
         """(N, d, (r1-r0)*W) embedding of grid rows r0:r1 for all images of a split.
 
         Nearest upsampling is an index gather (src = floor(dst * in / out), as F.interpolate),
-        so only the rows and the R_d channels a chunk needs are read from the cache."""
+        so only the rows and the R_d channels a chunk needs are read from the cache, by image
+        ranges (FeatureSet.groups) straight into the one output array."""
         H, W = self.grid
-        parts = []
+        out = np.empty((len(fs), self.d, r1 - r0, W), np.float32)
+        c0 = 0
         for layer in self.layers:
             ch = self.channels[layer]
             if len(ch) == 0:
@@ -63,19 +65,36 @@ class PaDiM:
             ri = (np.arange(r0, r1) * h) // H
             ci = (np.arange(W) * w) // W
             lo, hi = int(ri.min()), int(ri.max()) + 1
-            a = np.asarray(fs.array(layer)[:, :, lo:hi][:, ch], dtype=np.float32)
-            parts.append(a[:, :, ri - lo][:, :, :, ci])
-        e = torch.from_numpy(np.concatenate(parts, 1)).flatten(2)
+            for sl in fs.groups(layer):
+                a = fs.array(layer)[sl, :, lo:hi][:, ch]
+                out[sl, c0:c0 + len(ch)] = a[:, :, ri - lo][:, :, :, ci]
+            c0 += len(ch)
+        e = torch.from_numpy(out).flatten(2)
         check_finite(e.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
         return e
 
-    def estimate_bytes(self, n: int) -> float:
-        """Peak of fit: the inverse covariances, plus per chunk the embedding and its centred
-        copy and three (positions, d, d) arrays (covariance, Cholesky factor, inverse)."""
+    def fit_bytes(self, n: int) -> float:
+        """Peak RSS of fit: the baseline, the inverse covariances, and the larger of a chunk's
+        read (its (n, d, p) slice, plus mapped cache pages and gather temporaries) and its
+        compute: the slice and its (p, n, d) centred copy, then the covariance, Cholesky factor
+        and inverse (3 x p*d*d). With few images the d*d terms dominate the chunk."""
         H, W = self.grid
         r0, r1 = self._row_chunks(n)[0]
-        chunk = (r1 - r0) * W
-        return 4.0 * (H * W * self.d * self.d + 2 * n * self.d * chunk + 3 * chunk * self.d * self.d)
+        p = (r1 - r0) * W
+        inv_cov = 4.0 * H * W * self.d * self.d
+        sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+        return BASELINE_BYTES + inv_cov + max(sl + 2 * MAP_BYTES, 2 * sl, sl + cov, 3 * cov)
+
+    def predict_bytes(self, n: int, image_size: int) -> float:
+        """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
+        slice, its product with the inverse covariances and their elementwise product, and the
+        maps."""
+        H, W = self.grid
+        r0, r1 = self._row_chunks(n)[0]
+        sl = 4.0 * n * self.d * (r1 - r0) * W
+        model = 4.0 * H * W * self.d * (self.d + 1)
+        return (BASELINE_BYTES + model + max(sl + 2 * MAP_BYTES, 3 * sl) + 4.0 * n * H * W
+                + maps_bytes(n, image_size))
 
     def _row_chunks(self, n: int):
         """Row ranges whose (n, d, rows*W) float32 slice fits the memory budget."""
@@ -92,15 +111,15 @@ class PaDiM:
         if n < 2:
             raise UserError(f"PaDiM needs at least 2 training images for a covariance ({train.dir}: {n}).")
         H, W = self.grid
-        check_memory(self.estimate_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
-                     "lower `padim.d` (memory grows with d^2) or choose shallower `layers` (a smaller grid).")
+        check_memory(self.fit_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
+                     "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
         self.mean = torch.empty(self.d, H * W, dtype=torch.float32)
         self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
         eye = torch.eye(self.d) * EPS
         for r0, r1 in self._row_chunks(n):
             e = self._rows(train, r0, r1)                              # (n, d, p)
             mu = e.mean(0)                                             # (d, p)
-            xc = (e - mu).permute(2, 0, 1).contiguous()                # (p, n, d): bmm is slow on strided input
+            xc = e.sub_(mu).permute(2, 0, 1).contiguous()              # (p, n, d): bmm is slow on strided input
             del e
             cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
             del xc
@@ -109,6 +128,7 @@ class PaDiM:
                 inv = torch.cholesky_inverse(L) if int(info.max()) == 0 else torch.linalg.pinv(cov, hermitian=True)
             self.mean[:, r0 * W:r1 * W] = mu
             self.inv_cov[r0 * W:r1 * W] = inv
+            del cov, L, inv  # not alive while the next chunk is read
 
     # -- predict -----------------------------------------------------------------------
     def distances(self, test: FeatureSet) -> np.ndarray:
@@ -117,11 +137,16 @@ class PaDiM:
         out = np.empty((len(test), H * W), np.float32)
         for r0, r1 in self._row_chunks(len(test)):
             sl = slice(r0 * W, r1 * W)
-            delta = (self._rows(test, r0, r1) - self.mean[:, sl]).permute(2, 0, 1).contiguous()  # (p, N, d)
+            delta = self._rows(test, r0, r1).sub_(self.mean[:, sl]).permute(2, 0, 1).contiguous()  # (p, N, d)
             m = torch.bmm(delta, self.inv_cov[sl])
             out[:, sl] = (m * delta).sum(-1).clamp_min_(0).sqrt_().T.numpy()
+            del delta, m  # not alive while the next chunk is read
         return out.reshape(-1, H, W)
 
     def predict(self, test: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+        H, W = self.grid
+        check_memory(self.predict_bytes(len(test), test.image_size),
+                     f"PaDiM predict on {test.dir} ({len(test)} images, {H}x{W} grid, d={self.d})",
+                     "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
         maps = anomaly_maps(self.distances(test), test.image_size, self.sigma)
         return maps.reshape(len(maps), -1).max(1), maps
