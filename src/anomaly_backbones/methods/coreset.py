@@ -31,6 +31,8 @@ import math
 
 import torch
 
+UPDATE_BLOCK_ELEMS = 1 << 25  # greedy_batched's distance block (rows x new centers): 128 MiB in float32
+
 __all__ = ["coreset_size", "covering_radius", "greedy_batched", "greedy_reference", "sparse_random_projection"]
 
 
@@ -115,7 +117,7 @@ def _update(dist: torch.Tensor, x: torch.Tensor, xx: torch.Tensor, centers: torc
 
 
 def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precision: str = "float32",
-                   block_elems: int = 1 << 25) -> torch.Tensor:
+                   block_elems: int = UPDATE_BLOCK_ELEMS) -> torch.Tensor:
     """Greedy k-center with batched updates (see module docstring).
 
     precision "float32" (or float64 input): the same selection as `greedy_reference`.
