@@ -90,6 +90,7 @@ def test_same_params_give_identical_quality_metrics(clone):
     ("stages/02_prepare.py", {"padim.d": 0}, "padim.d"),
     ("stages/02_prepare.py", {"methods": ["padim", "fastflow"]}, "unknown method 'fastflow'"),
     ("stages/03_extract.py", {"init": "/nonexistent/weights.pth"}, "weights.pth"),
+    ("stages/03_extract.py", {"extract.batch_size": 10**7}, "extract.batch_size"),  # the memory guard
 ])
 def test_user_errors_are_one_clear_line_without_traceback(clone, tmp_path, stage, changes, expect):
     sh(["dvc", "repro"], cwd=clone)
