@@ -174,15 +174,16 @@ class PatchCore:
         return self.batch_size * (cached * (8 + itemsize) + 4.0 * hw * (3 * full + c + p))
 
     def fit_bytes(self, shapes: dict[str, tuple[int, int, int]], n_img: int, itemsize: int = 4) -> float:
-        """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32),
-        during the coreset a centred copy, a bfloat16 copy ("fast") and one distance block; then
-        the bank (coreset_ratio of the patches x min(C, dim)) while a batch is embedded again."""
+        """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32);
+        during the coreset (which centres them in place) their bfloat16 copy ("fast"), per-patch
+        norms, distances and temporaries, and one distance block; then the bank (coreset_ratio
+        of the patches x min(C, dim)) while a batch is embedded again."""
         hw, c, p = self._sizes(shapes)
         n = n_img * hw
         x = 4.0 * n * p
         low = 2.0 * n * p if self.coreset == "fast" else 0.0
         block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
-        cover = 2 * x + low + 16.0 * n + block
+        cover = x + low + 20.0 * n + block
         bank = 4.0 * coreset_size(n, self.ratio) * c
         batch = self._batch_bytes(shapes, itemsize)
         return BASELINE_BYTES + max(x + batch, cover, bank + batch)
@@ -224,7 +225,7 @@ class PatchCore:
         g = torch.Generator().manual_seed(self.seed)
         start = int(torch.randint(n, (1,), generator=g))
         precision = "bfloat16" if self.coreset == "fast" else "float32"
-        idx = greedy_batched(x, m, start, precision=precision)
+        idx = greedy_batched(x, m, start, precision=precision, copy=False)  # centres x in place
         del x
         self.coreset_idx = idx
         # second pass: full-dimensional vectors of the chosen patches
