@@ -89,7 +89,7 @@ def test_chunked_matches_brute_force(tmp_path, kappa):
     fs_train, fs_test = make_cache(tmp_path, train, test)
     ref_scores, ref_grid = brute_force(train, test, layers, k=5, kappa=kappa)
     grids = []
-    for chunk_mb, group in ((1e-6, 1), (0.025, 2), (1000.0, 5)):  # gallery images built at once
+    for chunk_mb, group in ((1e-6, 1), (0.015, 2), (1000.0, 5)):  # gallery images built at once
         m = SPADE({"k": 5, "kappa": kappa, "chunk_mb": chunk_mb, "batch_size": 3}, layers)
         m.fit(fs_train)
         assert min(m._group({n: fs_train.shape(n) for n in layers}, 4), 5) == group
