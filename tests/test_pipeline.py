@@ -103,6 +103,24 @@ def test_user_errors_are_one_clear_line_without_traceback(clone, tmp_path, stage
     assert expect.lower() in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
 
 
+def test_fit_stage_checks_memory_before_fitting(clone, tmp_path, monkeypatch, capsys):
+    """Short of memory, fit@<method> stops first, before any work, naming the param."""
+    import runpy
+
+    import anomaly_backbones.runner as runner
+
+    sh(["dvc", "repro"], cwd=clone)
+    work = tmp_path / "w"
+    shutil.copytree(clone, work, symlinks=True, ignore=shutil.ignore_patterns(".dvc"))
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(runner, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(sys, "argv", ["stages/04_fit.py", "padim"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path("stages/04_fit.py", run_name="__main__")
+    assert e.value.code == 2
+    assert "`data.crop`" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not MTD_ROOT.exists(), reason="magnetic-tile dataset not present")
 def test_magnetic_tile_matches_the_anomalib_anchor(clone):
     """anomalib 2.7 PadimModel, same split and weights, blocks.1/2/4, d=100: 0.918 / 0.770."""
