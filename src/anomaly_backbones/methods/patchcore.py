@@ -176,16 +176,17 @@ class PatchCore:
     def fit_bytes(self, shapes: dict[str, tuple[int, int, int]], n_img: int, itemsize: int = 4) -> float:
         """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32);
         during the coreset (which centres them in place) their bfloat16 copy ("fast"), per-patch
-        norms, distances and temporaries, and one distance block; then the bank (coreset_ratio
-        of the patches x min(C, dim)) while a batch is embedded again."""
+        norms, distances and temporaries, one distance block, and the heap glibc keeps from the
+        first pass's batch temporaries (measured ~0.1 GiB on MTD shapes); then the bank
+        (coreset_ratio of the patches x min(C, dim)) while a batch is embedded again."""
         hw, c, p = self._sizes(shapes)
         n = n_img * hw
         x = 4.0 * n * p
         low = 2.0 * n * p if self.coreset == "fast" else 0.0
         block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
-        cover = x + low + 20.0 * n + block
-        bank = 4.0 * coreset_size(n, self.ratio) * c
         batch = self._batch_bytes(shapes, itemsize)
+        cover = x + low + 20.0 * n + block + batch
+        bank = 4.0 * coreset_size(n, self.ratio) * c
         return BASELINE_BYTES + max(x + batch, cover, bank + batch)
 
     def predict_bytes(self, shapes: dict[str, tuple[int, int, int]], n_test: int, bank_rows: int,
