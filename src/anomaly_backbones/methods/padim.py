@@ -6,9 +6,12 @@ R_d keeps d channels drawn with the seed. Per position a Gaussian with covarianc
 blurred (sigma 4); image score = max of the map.
 
 Memory: the cached features are read by chunks of grid rows (all images, only the R_d
-channels), so the training set is never held at once; each chunk's covariances are one
-batched matmul over all images, inverted before the next chunk. The only large array is
-the (positions, d, d) inverse covariance. WideResNet-50-2 with d=550 on a 56x56 grid needs 3136*550*550*4 B = 3.8 GB.
+channels; a range of images per read, so the cache pages mapped at once stay bounded), so the
+training set is never held at once; each chunk's covariances are one batched matmul over all
+images, inverted before the next chunk. The only large array is the (positions, d, d)
+inverse covariance: 3136*550*550*4 B = 3.5 GiB for WideResNet-50-2 with d=550 on a 56x56
+grid. fit_bytes/predict_bytes estimate the whole peak, which the memory guards check; there
+(1,000 training images, bench/padim_memory.py) the peak is 4.83 GiB, estimated 4.93.
 """
 from __future__ import annotations
 

@@ -146,8 +146,8 @@ class SPADE:
         return out
 
     def _group(self, shapes: dict[str, tuple[int, int, int]], itemsize: int) -> int:
-        """Training images per gallery group: their cached maps and their concatenated maps
-        (plus one upsampled layer) fit chunk_mb."""
+        """Training images per gallery group: what they take while concatenated (_image_bytes)
+        fits chunk_mb."""
         return max(1, int(self.budget_bytes // _image_bytes(shapes, itemsize)))
 
     def fit(self, train) -> None:
