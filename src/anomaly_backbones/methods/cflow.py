@@ -212,8 +212,7 @@ class CFlow:
                       itemsize: int = 4) -> float:
         """Peak RSS of predict: the flows; one test batch (all layers' maps, then per layer its
         fibers and repeated positional encodings) and one forward pass of EVAL_FIBERS fibers;
-        the log-likelihoods of all test images (and their concatenation, then one layer's in
-        float64); then the maps: the score map and the blur's padded copy and output (3.2 maps),
+        the log-likelihoods of all test images (then one layer's in float64); then the maps: the score map and the blur's padded copy and output (3.2 maps),
         and the finiteness mask."""
         shapes = {name: shapes[name] for name in self.layers}
         params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
@@ -223,7 +222,7 @@ class CFlow:
                                                         for c, h, w in shapes.values()))
         forward = 4.0 * min(EVAL_FIBERS, b * max(h * w for _, h, w in shapes.values())) * max(
             self._flow_floats(c)[1] // self.coupling_blocks for c, _, _ in shapes.values())
-        grids = 8.0 * n_test * sum(h * w for _, h, w in shapes.values()) + 12.0 * n_test * max(
+        grids = 4.0 * n_test * sum(h * w for _, h, w in shapes.values()) + 12.0 * n_test * max(
             h * w for _, h, w in shapes.values())
         maps = n_test * image_size ** 2 * (4.0 * 3.2 + 1)
         return BASELINE_BYTES + 4.0 * params + grids + max(batch + forward, maps)
@@ -281,19 +280,23 @@ class CFlow:
 
     @torch.no_grad()
     def log_likelihoods(self, fs) -> dict[str, torch.Tensor]:
-        """{layer: (N, H, W) log p / C} for every image of a FeatureSet."""
-        out: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
-        for _, feats in fs.batches(self.layers, self.batch_size):
+        """{layer: (N, H, W) log p / C} for every image of a FeatureSet.
+
+        Written into arrays made once: small results kept per batch between large temporaries
+        fragment glibc's heap (see SPADE.grid_scores)."""
+        out = {name: torch.empty(len(fs), *fs.shape(name)[1:]) for name in self.layers}
+        for sl, feats in fs.batches(self.layers, self.batch_size):
             for name in self.layers:
                 x = feats[name]
                 check_finite(x, "cflow test features")
                 b, _, h, w = x.shape
                 cond = self._cond(h, w).repeat(b, 1)
                 e = _fibers(x)
-                lp = torch.cat([self.flows[name].log_prob_per_dim(e[s:s + EVAL_FIBERS], cond[s:s + EVAL_FIBERS])
-                                for s in range(0, e.shape[0], EVAL_FIBERS)])
-                out[name].append(lp.view(b, h, w))
-        return {name: torch.cat(v) for name, v in out.items()}
+                lp = out[name][sl].view(-1)
+                for s in range(0, e.shape[0], EVAL_FIBERS):
+                    lp[s:s + EVAL_FIBERS] = self.flows[name].log_prob_per_dim(e[s:s + EVAL_FIBERS],
+                                                                               cond[s:s + EVAL_FIBERS])
+        return out
 
     def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
         if not self.flows:

@@ -192,10 +192,10 @@ class PatchCore:
     def predict_bytes(self, shapes: dict[str, tuple[int, int, int]], n_test: int, bank_rows: int,
                       image_size: int, itemsize: int = 4) -> float:
         """Peak RSS of predict: the bank and its norms, one embedded batch and its distance
-        block, the grids (twice while concatenated), the anomaly maps and their finiteness mask."""
+        block, the grids, the anomaly maps and their finiteness mask."""
         hw, c, _ = self._sizes(shapes)
         return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * BLOCK_ELEMS
-                + 8.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
+                + 4.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
 
     def _check(self, estimate: float, fs, what: str, fix: str) -> None:
         hw, c, p = self._sizes(fs.shapes(self.layers))
@@ -253,7 +253,8 @@ class PatchCore:
                                        test.itemsize), test, "predict",
                     "lower `patchcore.coreset_ratio` or `patchcore.dim` (the bank), or `patchcore.batch_size`; "
                     "the anomaly maps of the whole test set are a fixed part.")
-        scores, grids = [], []
+        # results go into arrays made once (per-batch pieces fragment the heap, see SPADE.grid_scores)
+        scores, grid = np.empty(len(test), np.float64), None
         for sl, feats in test.batches(self.layers, self.batch_size):
             e, (h, w) = self.embed(feats)
             check_finite(e, "patchcore test features")
@@ -262,10 +263,11 @@ class PatchCore:
             nn_idx = nn_idx.view(-1, h * w)
             e = e.view(dist.shape[0], h * w, -1)
             for b in range(dist.shape[0]):
-                scores.append(float(reweighted_score(dist[b], nn_idx[b], e[b], self.bank, self.neighbors,
-                                                     self._bank_sq)))
-            grids.append(dist.view(-1, h, w))
-        return np.asarray(scores, dtype=np.float64), torch.cat(grids).numpy()
+                scores[sl.start + b] = float(reweighted_score(dist[b], nn_idx[b], e[b], self.bank, self.neighbors,
+                                                              self._bank_sq))
+            grid = torch.empty(len(test), h, w) if grid is None else grid
+            grid[sl] = dist.view(-1, h, w)
+        return scores, grid.numpy()
 
     def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
         scores, grid = self.patch_scores(test)
