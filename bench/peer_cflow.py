@@ -10,8 +10,12 @@ shared/reference/peer_anomalib.py uses for PaDiM and PatchCore):
 
 Training is anomalib's own Cflow.training_step, written out without Lightning: per batch of
 32 images and per layer, every fiber of the batch in a random order, one Adam step per
-`--fiber-batch` fibers, loss -logsigmoid(log p / C). Inference is CflowModel.forward (its
-anomaly map is normalized per test batch of 32). The project's run with the same settings:
+`--fiber-batch` fibers, loss -logsigmoid(log p / C). Inference is CflowModel.forward, whose
+anomaly map is exp(log p - max) with the max taken per test batch: scores from different
+batches are then on different scales. The same trained flows are evaluated with each
+`--test-batch` (default: anomalib's 32, and all test images in one batch, which is the
+original CFLOW-AD normalization over the whole test set and the project's). The project's run
+with the same settings:
     dvc exp run --temp -S data.dataset=mtd -S data.root=/abs/magnetic_tile \
         -S 'layers=[blocks.1,blocks.2,blocks.4]' -S 'methods=[cflow]' -S cflow.epochs=1 \
         -S cflow.fibers_per_epoch=100000000 -S cflow.fiber_batch_size=256 -S cflow.lr=0.0002
@@ -39,6 +43,7 @@ def main():
     ap.add_argument("--coupling-blocks", type=int, default=8)
     ap.add_argument("--condition-vector", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--test-batch", default="32,all", help="comma-separated test batch sizes; 'all' = one batch")
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -66,10 +71,10 @@ def main():
     train, test = split(a.root)
     mean = std = torch.tensor([0.5, 0.5, 0.5])[:, None, None]
 
-    def batches(paths, shuffle=False):
+    def batches(paths, shuffle=False, size=a.batch):
         order = np.random.permutation(len(paths)) if shuffle else np.arange(len(paths))
-        for i in range(0, len(paths), a.batch):
-            x = np.stack([load_image(paths[j]) for j in order[i:i + a.batch]])
+        for i in range(0, len(paths), size):
+            x = np.stack([load_image(paths[j]) for j in order[i:i + size]])
             yield (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255. - mean) / std
 
     opt = torch.optim.Adam([p for d in m.decoders for p in d.parameters()], lr=a.lr)
@@ -99,21 +104,26 @@ def main():
                     count += len(idx)
         print(f"epoch {epoch}: loss {total / max(1, count):.4f}", flush=True)
     t1 = time.perf_counter()
-    scores, maps = [], []
-    for x in batches([p for p, _ in test]):
-        out = m(x)
-        scores.append(out.pred_score.flatten())
-        amap = out.anomaly_map
-        maps.append(amap.reshape(len(x), *amap.shape[-2:]).numpy().astype(np.float32))   # (B, H, W)
-    t2 = time.perf_counter()
-    scores = torch.cat(scores).numpy()
-    maps = np.concatenate(maps)
+    print(f"train={len(train)} test={len(test)} fit_s={t1 - t0:.1f}", flush=True)
     labels = np.array([0 if mk is None else 1 for _, mk in test])
     masks = np.stack([load_mask(mk) for _, mk in test])
-    print(f"train={len(train)} test={len(test)} image_auroc={roc_auc_score(labels, scores):.4f}", flush=True)
-    print(f"pixel_auroc={roc_auc_score(masks.ravel(), maps.ravel()):.4f}")
-    print(f"fit_s={t1 - t0:.1f} test_s={t2 - t1:.1f} "
-          f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    m.eval()
+    for tb in a.test_batch.split(","):
+        size = len(test) if tb == "all" else int(tb)
+        t2 = time.perf_counter()
+        scores, maps = [], []
+        with torch.no_grad():
+            for x in batches([p for p, _ in test], size=size):
+                out = m(x)
+                scores.append(out.pred_score.flatten())
+                amap = out.anomaly_map
+                maps.append(amap.reshape(len(x), *amap.shape[-2:]).numpy().astype(np.float32))   # (B, H, W)
+        t3 = time.perf_counter()
+        scores = torch.cat(scores).numpy()
+        maps = np.concatenate(maps)
+        print(f"test_batch={tb}: image_auroc={roc_auc_score(labels, scores):.4f} "
+              f"pixel_auroc={roc_auc_score(masks.ravel(), maps.ravel()):.4f} test_s={t3 - t2:.1f}", flush=True)
+    print(f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from anomaly_backbones.data.prepare import load_prepared
 from anomaly_backbones.features import FeatureWriter
 from anomaly_backbones.methods.patchcore import resolve_layers as patchcore_layers
 from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import peak_rss_mb, read_json, run, write_json
+from anomaly_backbones.runner import check_memory, peak_rss_mb, read_json, run, write_json
 
 PREPARED, OUT = Path("data/prepared"), Path("data/features")
 
@@ -48,6 +48,10 @@ def main():
     ext = FeatureExtractor(bb.model, layers + extra)
     ex = p.get("extract", {})
     batch_size, dtype = int(ex.get("batch_size", 32)), ex.get("dtype", "float32")
+    size = p["data"]["crop"]
+    check_memory(ext.estimate_bytes(batch_size, size, np.dtype(dtype).itemsize),
+                 f"extract {bb.name} (layers {layers + extra}, batches of {batch_size} images of {size} px)",
+                 "lower `extract.batch_size` (memory grows with it).")
     shutil.rmtree(OUT, ignore_errors=True)
     stats = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "dtype": dtype, "categories": {}}
     for c in read_json(PREPARED / "categories.json"):

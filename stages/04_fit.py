@@ -13,9 +13,9 @@ from anomaly_backbones.backbones import resolve_layers
 from anomaly_backbones.data.prepare import load_prepared, read_samples
 from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods import get_method
-from anomaly_backbones.metrics import roc_auc, roc_curve
+from anomaly_backbones.metrics import roc_auc, roc_auc_bytes, roc_curve
 from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import peak_rss_mb, read_json, run, write_json
+from anomaly_backbones.runner import BASELINE_BYTES, check_memory, peak_rss_mb, read_json, run, write_json
 
 PREPARED, FEATURES = Path("data/prepared"), Path("data/features")
 
@@ -32,6 +32,10 @@ def main():
         name = c["category"]
         train, test = FeatureSet(FEATURES / name, "train"), FeatureSet(FEATURES / name, "test")
         m = Method(p.get(method, {}), layers, p["seed"])
+        pixels = len(test) * test.image_size ** 2  # the maps (float32) and masks, then their ROC-AUC
+        check_memory(BASELINE_BYTES + 5.0 * pixels + roc_auc_bytes(pixels),
+                     f"pixel ROC-AUC on {name} ({len(test)} test images of {test.image_size} px)",
+                     "lower `data.crop` (memory grows with pixels per image).")
         t0 = time.perf_counter()
         m.fit(train)
         t1 = time.perf_counter()

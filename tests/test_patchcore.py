@@ -70,6 +70,15 @@ def test_fast_coreset_covering_radius_close_to_exact():
     assert overlap > 0.5
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_coreset_in_place_centring_picks_the_same(precision):
+    x = torch.from_numpy(blobs(3000, 16, seed=5)).float() + 7.0
+    ref = greedy_batched(x, 300, 3, pool=128, precision=precision)
+    y = x.clone()
+    assert torch.equal(greedy_batched(y, 300, 3, pool=128, precision=precision, copy=False), ref)
+    assert torch.equal(y, x - x.mean(0))  # copy=False: the caller's tensor is centred
+
+
 def test_coreset_size_and_projection():
     assert coreset_size(596624, 0.1) == 59662
     assert coreset_size(5, 0.01) == 1

@@ -93,6 +93,7 @@ def test_same_params_give_bit_identical_metrics_json(clone):
     ("stages/02_prepare.py", {"padim.d": 0}, "padim.d"),
     ("stages/02_prepare.py", {"methods": ["padim", "fastflow"]}, "unknown method 'fastflow'"),
     ("stages/03_extract.py", {"init": "/nonexistent/weights.pth"}, "weights.pth"),
+    ("stages/03_extract.py", {"extract.batch_size": 10**7}, "extract.batch_size"),  # the memory guard
 ])
 def test_user_errors_are_one_clear_line_without_traceback(clone, tmp_path, stage, changes, expect):
     sh(["dvc", "repro"], cwd=clone)
@@ -103,6 +104,24 @@ def test_user_errors_are_one_clear_line_without_traceback(clone, tmp_path, stage
     r = sh(args, cwd=work, check=False)
     assert r.returncode == 2, r.stderr
     assert expect.lower() in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+
+
+def test_fit_stage_checks_memory_before_fitting(clone, tmp_path, monkeypatch, capsys):
+    """Short of memory, fit@<method> stops first, before any work, naming the param."""
+    import runpy
+
+    import anomaly_backbones.runner as runner
+
+    sh(["dvc", "repro"], cwd=clone)
+    work = tmp_path / "w"
+    shutil.copytree(clone, work, symlinks=True, ignore=shutil.ignore_patterns(".dvc"))
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(runner, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(sys, "argv", ["stages/04_fit.py", "padim"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path("stages/04_fit.py", run_name="__main__")
+    assert e.value.code == 2
+    assert "`data.crop`" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not MTD_ROOT.exists(), reason="magnetic-tile dataset not present")

@@ -5,10 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet
+from anomaly_backbones.methods import spade
 from anomaly_backbones.methods.spade import SPADE
 
 from conftest import make_cache
@@ -86,12 +88,31 @@ def test_chunked_matches_brute_force(tmp_path, kappa):
     test = {n: rng.normal(size=(4, *s)) for n, s in shape.items()}
     fs_train, fs_test = make_cache(tmp_path, train, test)
     ref_scores, ref_grid = brute_force(train, test, layers, k=5, kappa=kappa)
-    for chunk in (1, 7, 64, 100000):
-        m = SPADE({"k": 5, "kappa": kappa, "chunk": chunk, "batch_size": 3}, layers)
+    grids = []
+    for chunk_mb, group in ((1e-6, 1), (0.015, 2), (1000.0, 5)):  # gallery images built at once
+        m = SPADE({"k": 5, "kappa": kappa, "chunk_mb": chunk_mb, "batch_size": 3}, layers)
         m.fit(fs_train)
+        assert min(m._group({n: fs_train.shape(n) for n in layers}, 4), 5) == group
         scores, grid = m.grid_scores(fs_test)
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
         np.testing.assert_allclose(grid, ref_grid, rtol=1e-4, atol=1e-4)
+        grids.append(grid)
+    # the budget changes how the gallery is built, never the values
+    assert all(np.array_equal(grids[0], g) for g in grids[1:])
+
+
+@pytest.mark.parametrize("kappa", [1, 4, 50])
+def test_knn_over_blocks_matches_brute_force(kappa):
+    """Running top-kappa over uneven blocks; kappa beyond the gallery takes all of it."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(300, 12, generator=g)
+    blocks = [torch.randn(n, 12, generator=g) for n in (7, 1, 33, 20)]
+    whole = spade.knn_mean_distance(q, [torch.cat(blocks)], kappa)
+    split = spade.knn_mean_distance(q, blocks, kappa)
+    gallery = torch.cat(blocks).double()
+    ref = torch.cdist(q.double(), gallery).sort(1).values[:, :kappa].mean(1)
+    np.testing.assert_allclose(whole.numpy(), ref.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(split.numpy(), ref.numpy(), rtol=1e-4)
 
 
 def test_anomalous_patch_scores_highest(tmp_path):

@@ -16,6 +16,7 @@ import torch
 from .errors import UserError
 
 META = "meta.json"
+MAP_BYTES = 64 * 2**20  # most bytes of a cache file one strided read maps at once (FeatureSet.groups)
 
 
 def layer_file(layer: str) -> str:
@@ -34,6 +35,7 @@ class FeatureSet:
         self.split = split
         self.layers: list[str] = list(self.meta["layers"])
         self.image_size: int = int(self.meta["image_size"])
+        self.itemsize: int = np.dtype(self.meta.get("dtype", "float32")).itemsize
 
     def array(self, layer: str) -> np.ndarray:
         """A fresh read-only memory map: callers drop it after each chunk, so pages they read
@@ -49,6 +51,19 @@ class FeatureSet:
     def shape(self, layer: str) -> tuple[int, int, int]:
         return tuple(self.array(layer).shape[1:])  # type: ignore[return-value]
 
+    def shapes(self, layers: list[str]) -> dict[str, tuple[int, int, int]]:
+        return {layer: self.shape(layer) for layer in layers}
+
+    def groups(self, layer: str) -> Iterator[slice]:
+        """Image ranges of at most MAP_BYTES of `layer`'s file. A read of a few rows or channels
+        of every image still maps whole pages (the kernel maps up to 64 KiB around each fault),
+        so one read over all images would put the whole file in the resident set; read range by
+        range, each through a fresh map."""
+        a = self.array(layer)
+        step = max(1, MAP_BYTES // max(1, a[0].nbytes))
+        for s in range(0, a.shape[0], step):
+            yield slice(s, min(s + step, a.shape[0]))
+
     def batches(self, layers: list[str] | None = None, batch_size: int = 32,
                 channels: dict[str, np.ndarray] | None = None) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
         """Yield (index slice, {layer: float32 tensor (B, C, H, W)}), optionally keeping only some channels."""
@@ -61,7 +76,7 @@ class FeatureSet:
                 a = self.array(layer)[sl]
                 if channels is not None and layer in channels:
                     a = a[:, channels[layer]]
-                out[layer] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+                out[layer] = torch.from_numpy(np.array(a, dtype=np.float32))  # a copy: cache maps are read-only
             yield sl, out
 
 

@@ -45,6 +45,12 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((neg_le - 0.5 * neg_tied.sum(dtype=np.float64)) / (n_pos * n_neg))
 
 
+def roc_auc_bytes(n: int) -> float:
+    """Memory roc_auc needs for n scores besides its inputs: the label copy, the keys and their
+    temporaries, the packed uint64 array (measured 16.4 B per score on 29M pixels)."""
+    return 17.0 * n
+
+
 def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 201) -> tuple[np.ndarray, np.ndarray]:
     """FPR/TPR at `points` score thresholds (quantiles): a curve small enough for plots."""
     y = np.asarray(labels).ravel().astype(bool)

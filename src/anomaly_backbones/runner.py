@@ -25,6 +25,14 @@ def run(main: Callable[[], None]) -> None:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: across fork+exec that inherits the
+    parent's peak (a stage started by a 9 GB parent would report 9 GB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -48,8 +56,18 @@ def available_bytes() -> int | None:
     return None
 
 
+# RSS of a stage process besides its arrays, included in every estimate: python, numpy, torch
+# and this package imported (measured 0.50 GiB), what running torch's kernels adds (code pages,
+# thread pools: ~0.04 GiB), and freed blocks glibc keeps rather than returns (its mmap
+# threshold rises to 32 MiB after the first large free; measured up to ~0.08 GiB).
+BASELINE_BYTES = 0.6 * 2**30
+
+
 def check_memory(estimate: float, what: str, fix: str) -> None:
-    """Stop before a heavy step whose estimated peak exceeds the RAM available now."""
+    """Stop before a heavy step whose estimated peak exceeds the RAM available now.
+
+    `estimate` is the process's peak RSS, baseline included; what the process holds already
+    is also outside MemAvailable, so the check errs on the safe side by about that much."""
     avail = available_bytes()
     if avail is not None and estimate > avail:
         raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is available; "

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..runner import BASELINE_BYTES, check_memory
 from .common import blur, check_finite
 
 DEFAULTS = {
@@ -59,6 +60,7 @@ DEFAULTS = {
 }
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+EVAL_FIBERS = 65536  # fibers per forward pass at test time (no autograd)
 
 
 def positional_encoding_2d(dim: int, height: int, width: int) -> torch.Tensor:
@@ -181,11 +183,61 @@ class CFlow:
     def _cond(self, h: int, w: int) -> torch.Tensor:
         return _fibers(positional_encoding_2d(self.condition_vector, h, w)[None])  # (H*W, P)
 
+    def _flow_floats(self, c: int) -> tuple[int, int]:
+        """(parameters, activations per fiber) of one layer's flow of c channels. Per block the
+        subnet input (d1 + P), its hidden layer before and after ReLU (2 x 2(d1 + P)), the
+        coefficients and the coupling's intermediates (~8 x d2), the output and its affine (4 c)."""
+        d1, d2 = c - c // 2, c // 2
+        hid = d1 + self.condition_vector
+        params = hid * 2 * hid + 2 * hid + 2 * hid * 2 * d2 + 2 * d2 + 2 * c
+        return self.coupling_blocks * params, self.coupling_blocks * (5 * hid + 8 * d2 + 4 * c)
+
+    def _batch_bytes(self, shapes: dict[str, tuple[int, int, int]], itemsize: int) -> float:
+        """The largest layer's feature batch: its cached maps (mapped pages, a copy, a float32
+        copy), its fibers, their position index and random order (int64)."""
+        return self.batch_size * max(c * h * w * (8 + 2 * itemsize) + 16.0 * h * w for c, h, w in shapes.values())
+
+    def fit_bytes(self, shapes: dict[str, tuple[int, int, int]], itemsize: int = 4) -> float:
+        """Peak RSS of fit: the flows with their gradients and Adam's two moments (4 x params),
+        the positional encodings, one feature batch, and one step's activations kept for the
+        backward pass plus their gradients (2 x fiber_batch_size x activations per fiber)."""
+        shapes = {name: shapes[name] for name in self.layers}
+        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
+        step = max(self._flow_floats(c)[1] for c, _, _ in shapes.values())
+        cond = sum(h * w for _, h, w in shapes.values()) * self.condition_vector
+        return (BASELINE_BYTES + 16.0 * params + 4.0 * cond + self._batch_bytes(shapes, itemsize)
+                + 8.0 * self.fiber_batch_size * step)
+
+    def predict_bytes(self, shapes: dict[str, tuple[int, int, int]], n_test: int, image_size: int,
+                      itemsize: int = 4) -> float:
+        """Peak RSS of predict: the flows; one test batch (all layers' maps, then per layer its
+        fibers and repeated positional encodings) and one forward pass of EVAL_FIBERS fibers;
+        the log-likelihoods of all test images (then one layer's in float64); then the maps: the score map and the blur's padded copy and output (3.2 maps),
+        and the finiteness mask."""
+        shapes = {name: shapes[name] for name in self.layers}
+        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
+        b = min(self.batch_size, n_test)
+        cached = sum(c * h * w for c, h, w in shapes.values())
+        batch = b * (cached * (4 + itemsize) + 4.0 * max((c + self.condition_vector) * h * w
+                                                        for c, h, w in shapes.values()))
+        forward = 4.0 * min(EVAL_FIBERS, b * max(h * w for _, h, w in shapes.values())) * max(
+            self._flow_floats(c)[1] // self.coupling_blocks for c, _, _ in shapes.values())
+        grids = 4.0 * n_test * sum(h * w for _, h, w in shapes.values()) + 12.0 * n_test * max(
+            h * w for _, h, w in shapes.values())
+        maps = n_test * image_size ** 2 * (4.0 * 3.2 + 1)
+        return BASELINE_BYTES + 4.0 * params + grids + max(batch + forward, maps)
+
+    def _check(self, estimate: float, fs, what: str, fix: str) -> None:
+        check_memory(estimate, f"CFLOW {what} on {fs.dir} ({len(fs)} images, layers {fs.shapes(self.layers)})", fix)
+
     def fit(self, train) -> None:
         """Train one flow per layer on the cached training features (see module docstring)."""
         n = len(train)
         if n == 0:
             raise UserError("cflow: the training split has no images")
+        self._check(self.fit_bytes(train.shapes(self.layers), train.itemsize), train, "fit",
+                    "lower `cflow.batch_size` (training images read at once) or `cflow.fiber_batch_size` (fibers "
+                    "per Adam step); `fibers_per_epoch` changes the number of steps, not their memory.")
         gen = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -228,32 +280,41 @@ class CFlow:
 
     @torch.no_grad()
     def log_likelihoods(self, fs) -> dict[str, torch.Tensor]:
-        """{layer: (N, H, W) log p / C} for every image of a FeatureSet."""
-        out: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
-        for _, feats in fs.batches(self.layers, self.batch_size):
+        """{layer: (N, H, W) log p / C} for every image of a FeatureSet.
+
+        Written into arrays made once: small results kept per batch between large temporaries
+        fragment glibc's heap (see SPADE.grid_scores)."""
+        out = {name: torch.empty(len(fs), *fs.shape(name)[1:]) for name in self.layers}
+        for sl, feats in fs.batches(self.layers, self.batch_size):
             for name in self.layers:
                 x = feats[name]
                 check_finite(x, "cflow test features")
                 b, _, h, w = x.shape
                 cond = self._cond(h, w).repeat(b, 1)
                 e = _fibers(x)
-                lp = torch.cat([self.flows[name].log_prob_per_dim(e[s:s + 65536], cond[s:s + 65536])
-                                for s in range(0, e.shape[0], 65536)])
-                out[name].append(lp.view(b, h, w))
-        return {name: torch.cat(v) for name, v in out.items()}
+                lp = out[name][sl].view(-1)
+                for s in range(0, e.shape[0], EVAL_FIBERS):
+                    lp[s:s + EVAL_FIBERS] = self.flows[name].log_prob_per_dim(e[s:s + EVAL_FIBERS],
+                                                                               cond[s:s + EVAL_FIBERS])
+        return out
 
     def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
         if not self.flows:
             raise RuntimeError("CFlow.predict before fit")
         size = test.image_size
+        self._check(self.predict_bytes(test.shapes(self.layers), len(test), size, test.itemsize),
+                    test, "predict", "lower `cflow.batch_size` (test images per batch); the anomaly maps of the "
+                    "whole test set are a fixed part.")
         logp = self.log_likelihoods(test)
         total = None
         for name in self.layers:
-            lp = logp[name].double()
+            lp = logp.pop(name).double()
             prob = torch.exp(lp - lp.max()).float()
             up = F.interpolate(prob[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-            total = up if total is None else total + up
-        score_map = total.max() - total
+            total = up if total is None else total.add_(up)
+        del lp, prob, up
+        top = total.max()
+        score_map = total.neg_().add_(top)  # max - total, in place: (N, S, S) arrays are the large ones here
         scores = score_map.flatten(1).max(1).values.double().numpy()
         maps = blur(score_map, self.sigma).numpy()
         check_finite(scores, "cflow image scores")

@@ -63,6 +63,12 @@ def anomaly_maps(grid: torch.Tensor | np.ndarray, size: int, sigma: float = 4.0,
     return out
 
 
+def maps_bytes(n: int, size: int, chunk: int = 64) -> float:
+    """Memory of anomaly_maps on n images: the float32 maps plus one chunk's upsampling and blur
+    temporaries (four (chunk, size, size) arrays)."""
+    return 4.0 * size * size * (n + 4 * min(n, chunk))
+
+
 def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
     """Non-finite features or scores are an error, never a silent AUROC."""
     ok = torch.isfinite(torch.as_tensor(x)).all().item()
@@ -73,7 +79,8 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
                         f"values. Check init/weights (a corrupt checkpoint?) and input images.")
 
 
-__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "resize_blur_matrix", "upsample_blur"]
+__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "maps_bytes", "resize_blur_matrix",
+           "upsample_blur"]
 
 
 @contextmanager

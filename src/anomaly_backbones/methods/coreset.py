@@ -31,6 +31,8 @@ import math
 
 import torch
 
+UPDATE_BLOCK_ELEMS = 1 << 25  # greedy_batched's distance block (rows x new centers): 128 MiB in float32
+
 __all__ = ["coreset_size", "covering_radius", "greedy_batched", "greedy_reference", "sparse_random_projection"]
 
 
@@ -56,6 +58,14 @@ def sparse_random_projection(n_features: int, n_components: int, seed: int) -> t
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     """float64 stays float64 (tests compare with a float64 reference); anything else -> float32."""
     return x.contiguous() if x.dtype == torch.float64 else x.to(torch.float32).contiguous()
+
+
+def _row_norms(x: torch.Tensor, rows: int = 65536) -> torch.Tensor:
+    """(x * x).sum(1), the same values, by row blocks: no temporary the size of x."""
+    out = torch.empty(x.shape[0], dtype=x.dtype)
+    for s in range(0, x.shape[0], rows):
+        torch.sum(x[s:s + rows] * x[s:s + rows], 1, out=out[s:s + rows])
+    return out
 
 
 def _sqdist_to(x: torch.Tensor, xx: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -115,7 +125,7 @@ def _update(dist: torch.Tensor, x: torch.Tensor, xx: torch.Tensor, centers: torc
 
 
 def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precision: str = "float32",
-                   block_elems: int = 1 << 25) -> torch.Tensor:
+                   block_elems: int = UPDATE_BLOCK_ELEMS, copy: bool = True) -> torch.Tensor:
     """Greedy k-center with batched updates (see module docstring).
 
     precision "float32" (or float64 input): the same selection as `greedy_reference`.
@@ -123,14 +133,17 @@ def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precis
     on average), so a pick may be a near-farthest point instead of the farthest: fast mode.
     `pool`: candidates kept per round (more = larger batches, fewer passes over x);
     `block_elems`: size of one distance block (rows x new centers), bounds temporary memory.
+    `copy=False` centres a float32 x in place (the caller's tensor changes): no second copy of
+    what is usually the largest array of the process.
     """
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be float32 or bfloat16, not {precision!r}")
     x = _as_float(x)
-    x = x - x.mean(0)  # distances are unchanged; smaller norms, smaller rounding error
+    mean = x.mean(0)  # distances are unchanged by centring; smaller norms, smaller rounding error
+    x = x - mean if copy else x.sub_(mean)
     n = x.shape[0]
     m = min(int(m), n)
-    xx = (x * x).sum(1)
+    xx = _row_norms(x)
     low = x.to(torch.bfloat16) if precision == "bfloat16" else None
     sel: list[int] = [int(start)]
     dist = _sqdist_to(x, xx, x[start])
@@ -170,7 +183,7 @@ def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precis
 def covering_radius(x: torch.Tensor, centers: torch.Tensor, block_elems: int = 1 << 24) -> float:
     """Max over points of the distance to the nearest selected center (the k-center objective)."""
     x = _as_float(x)
-    xx = (x * x).sum(1)
+    xx = _row_norms(x)
     dist = torch.full((x.shape[0],), float("inf"), dtype=x.dtype)
     for s in range(0, len(centers), 4096):
         _update(dist, x, xx, x[centers[s:s + 4096]], block_elems)

@@ -6,9 +6,12 @@ R_d keeps d channels drawn with the seed. Per position a Gaussian with covarianc
 blurred (sigma 4); image score = max of the map.
 
 Memory: the cached features are read by chunks of grid rows (all images, only the R_d
-channels), so the training set is never held at once; each chunk's covariances are one
-batched matmul over all images, inverted before the next chunk. The only large array is
-the (positions, d, d) inverse covariance. WideResNet-50-2 with d=550 on a 56x56 grid needs 3136*550*550*4 B = 3.8 GB.
+channels; a range of images per read, so the cache pages mapped at once stay bounded), so the
+training set is never held at once; each chunk's covariances are one batched matmul over all
+images, inverted before the next chunk. The only large array is the (positions, d, d)
+inverse covariance: 3136*550*550*4 B = 3.5 GiB for WideResNet-50-2 with d=550 on a 56x56
+grid. fit_bytes/predict_bytes estimate the whole peak, which the memory guards check; there
+(1,000 training images, bench/padim_memory.py) the peak is 4.83 GiB, estimated 4.93.
 """
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..features import FeatureSet
-from ..runner import check_memory
-from .common import anomaly_maps, check_finite, single_thread
+from ..features import MAP_BYTES, FeatureSet
+from ..runner import BASELINE_BYTES, check_memory
+from .common import anomaly_maps, check_finite, maps_bytes, single_thread
 
 EPS = 0.01
 
@@ -52,11 +55,12 @@ class PaDiM:
         """(positions, N, d) embedding of grid rows r0:r1 for all images of a split.
 
         Nearest upsampling is an index gather (src = floor(dst * in / out), as F.interpolate),
-        so only the rows and the R_d channels a chunk needs are read from the cache. Each layer
-        is transposed once at its own resolution to (h, w, N, c); the gather to the grid then
-        copies whole (N, c) blocks, so the batched matmuls get their layout without a further copy."""
+        so only the rows and the R_d channels a chunk needs are read from the cache, by image
+        ranges (FeatureSet.groups). Each range is transposed once at its layer's resolution to
+        (h, w, n, c); the gather to the grid then copies whole (n, c) blocks, so the batched
+        matmuls get their layout without a further copy."""
         H, W = self.grid
-        out = None
+        out = np.empty((r1 - r0, W, len(fs), self.d), np.float32)
         off = 0
         for layer in self.layers:
             ch = self.channels[layer]
@@ -66,25 +70,39 @@ class PaDiM:
             ri = (np.arange(r0, r1) * h) // H
             ci = None if w == W else (np.arange(W) * w) // W
             lo, hi = int(ri.min()), int(ri.max()) + 1
-            a = fs.array(layer)[:, :, lo:hi]
-            a = a[:, ch] if len(ch) < a.shape[1] else a
-            a = np.ascontiguousarray(a.transpose(2, 3, 0, 1), dtype=np.float32)   # (rows, w, N, c)
-            if out is None:
-                out = np.empty((r1 - r0, W, a.shape[2], self.d), np.float32)
-            for r, src in enumerate(ri - lo):      # row by row: numpy copies whole (N, c) blocks
-                out[r, :, :, off:off + len(ch)] = a[src] if ci is None else a[src][ci]
+            for sl in fs.groups(layer):
+                a = fs.array(layer)[sl, :, lo:hi]
+                a = a[:, ch] if len(ch) < a.shape[1] else a
+                a = np.ascontiguousarray(a.transpose(2, 3, 0, 1), dtype=np.float32)   # (rows, w, n, c)
+                for r, src in enumerate(ri - lo):      # row by row: numpy copies whole (n, c) blocks
+                    out[r, :, sl, off:off + len(ch)] = a[src] if ci is None else a[src][ci]
             off += len(ch)
-        out = torch.from_numpy(out.reshape(-1, out.shape[2], self.d))
+        out = torch.from_numpy(out.reshape(-1, len(fs), self.d))
         check_finite(out.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
         return out
 
-    def estimate_bytes(self, n: int) -> float:
-        """Peak of fit: the inverse covariances, plus per chunk the embedding and its centred
-        copy and three (positions, d, d) arrays (covariance, Cholesky factor, inverse)."""
+    def fit_bytes(self, n: int) -> float:
+        """Peak RSS of fit: the baseline, the inverse covariances, and the larger of a chunk's
+        read (its (p, n, d) slice, plus mapped cache pages and gather temporaries) and its
+        compute: the slice, centred in place, then the covariance, Cholesky factor and inverse
+        (3 x p*d*d). With few images the d*d terms dominate the chunk."""
         H, W = self.grid
         r0, r1 = self._row_chunks(n)[0]
-        chunk = (r1 - r0) * W
-        return 4.0 * (H * W * self.d * self.d + 2 * n * self.d * chunk + 3 * chunk * self.d * self.d)
+        p = (r1 - r0) * W
+        inv_cov = 4.0 * H * W * self.d * self.d
+        sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+        return BASELINE_BYTES + inv_cov + max(sl + 2 * MAP_BYTES, sl + cov, 3 * cov)
+
+    def predict_bytes(self, n: int, image_size: int) -> float:
+        """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
+        slice, its product with the inverse covariances and their elementwise product, and the
+        maps."""
+        H, W = self.grid
+        r0, r1 = self._row_chunks(n)[0]
+        sl = 4.0 * n * self.d * (r1 - r0) * W
+        model = 4.0 * H * W * self.d * (self.d + 1)
+        return (BASELINE_BYTES + model + max(sl + 2 * MAP_BYTES, 3 * sl) + 4.0 * n * H * W
+                + maps_bytes(n, image_size))
 
     def _row_chunks(self, n: int):
         """Row ranges whose (n, d, rows*W) float32 slice fits the memory budget."""
@@ -101,8 +119,8 @@ class PaDiM:
         if n < 2:
             raise UserError(f"PaDiM needs at least 2 training images for a covariance ({train.dir}: {n}).")
         H, W = self.grid
-        check_memory(self.estimate_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
-                     "lower `padim.d` (memory grows with d^2) or choose shallower `layers` (a smaller grid).")
+        check_memory(self.fit_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
+                     "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
         self.mean = torch.empty(self.d, H * W, dtype=torch.float32)
         self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
         eye = torch.eye(self.d) * EPS
@@ -117,6 +135,7 @@ class PaDiM:
                 inv = torch.cholesky_inverse(L) if int(info.max()) == 0 else torch.linalg.pinv(cov, hermitian=True)
             self.mean[:, r0 * W:r1 * W] = mu.T
             self.inv_cov[r0 * W:r1 * W] = inv
+            del cov, L, inv  # not alive while the next chunk is read
 
     # -- predict -----------------------------------------------------------------------
     def distances(self, test: FeatureSet) -> np.ndarray:
@@ -128,8 +147,13 @@ class PaDiM:
             delta = self._rows(test, r0, r1).sub_(self.mean[:, sl].T.unsqueeze(1))  # (p, N, d)
             m = torch.bmm(delta, self.inv_cov[sl])
             out[:, sl] = (m * delta).sum(-1).clamp_min_(0).sqrt_().T.numpy()
+            del delta, m  # not alive while the next chunk is read
         return out.reshape(-1, H, W)
 
     def predict(self, test: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+        H, W = self.grid
+        check_memory(self.predict_bytes(len(test), test.image_size),
+                     f"PaDiM predict on {test.dir} ({len(test)} images, {H}x{W} grid, d={self.d})",
+                     "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
         maps = anomaly_maps(self.distances(test), test.image_size, self.sigma)
         return maps.reshape(len(maps), -1).max(1), maps

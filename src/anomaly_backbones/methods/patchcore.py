@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .common import anomaly_maps, check_finite
-from .coreset import coreset_size, greedy_batched, sparse_random_projection
+from ..runner import BASELINE_BYTES, check_memory
+from .common import anomaly_maps, check_finite, maps_bytes
+from .coreset import UPDATE_BLOCK_ELEMS, coreset_size, greedy_batched, sparse_random_projection
 
 DEFAULTS = {
     "layers": "auto",
@@ -156,11 +157,60 @@ class PatchCore:
             e = F.adaptive_avg_pool1d(e.unsqueeze(1), self.dim).squeeze(1)
         return e.contiguous(), (int(h), int(w))
 
+    def _sizes(self, shapes: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
+        """(patches per image, channels of a bank vector, channels the coreset runs on)."""
+        shapes = [shapes[name] for name in self.layers]
+        hw = max(sh[1] * sh[2] for sh in shapes)
+        c = min(sum(sh[0] for sh in shapes), self.dim)
+        return hw, c, self.projection_dim if c > self.projection_dim else c
+
+    def _batch_bytes(self, shapes: dict[str, tuple[int, int, int]], itemsize: int) -> float:
+        """One feature batch through embed: the cached maps (mapped pages, a float32 copy), their
+        3x3 averages, the upsampled, concatenated and reshaped maps, the pooled and the projected
+        vectors."""
+        hw, c, p = self._sizes(shapes)
+        full = sum(shapes[name][0] for name in self.layers)
+        cached = sum(shapes[name][0] * shapes[name][1] * shapes[name][2] for name in self.layers)
+        return self.batch_size * (cached * (8 + itemsize) + 4.0 * hw * (3 * full + c + p))
+
+    def fit_bytes(self, shapes: dict[str, tuple[int, int, int]], n_img: int, itemsize: int = 4) -> float:
+        """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32);
+        during the coreset (which centres them in place) their bfloat16 copy ("fast"), per-patch
+        norms, distances and temporaries, one distance block, and the heap glibc keeps from the
+        first pass's batch temporaries (measured ~0.1 GiB on MTD shapes); then the bank
+        (coreset_ratio of the patches x min(C, dim)) while a batch is embedded again."""
+        hw, c, p = self._sizes(shapes)
+        n = n_img * hw
+        x = 4.0 * n * p
+        low = 2.0 * n * p if self.coreset == "fast" else 0.0
+        block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
+        batch = self._batch_bytes(shapes, itemsize)
+        cover = x + low + 20.0 * n + block + batch
+        bank = 4.0 * coreset_size(n, self.ratio) * c
+        return BASELINE_BYTES + max(x + batch, cover, bank + batch)
+
+    def predict_bytes(self, shapes: dict[str, tuple[int, int, int]], n_test: int, bank_rows: int,
+                      image_size: int, itemsize: int = 4) -> float:
+        """Peak RSS of predict: the bank and its norms, one embedded batch and its distance
+        block, the grids, the anomaly maps and their finiteness mask."""
+        hw, c, _ = self._sizes(shapes)
+        return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * BLOCK_ELEMS
+                + 4.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
+
+    def _check(self, estimate: float, fs, what: str, fix: str) -> None:
+        hw, c, p = self._sizes(fs.shapes(self.layers))
+        check_memory(estimate, f"PatchCore {what} on {fs.dir} ({len(fs)} images x {hw} patches, {c} dims, "
+                               f"coreset on {p} dims)", fix)
+
     def fit(self, train) -> None:
         """Project all training patches, pick the coreset, keep its full vectors as the bank."""
         n_img = len(train)
         if n_img == 0:
             raise UserError("patchcore: the training split has no images")
+        self._check(self.fit_bytes(train.shapes(self.layers), n_img, train.itemsize), train, "fit",
+                    "lower `patchcore.projection_dim` (all training patches are kept at that many dims) or choose "
+                    "deeper `patchcore.layers` (fewer patches per image); `coreset_ratio` and `dim` shrink only "
+                    "the bank.")
         x = proj = None
         for sl, feats in train.batches(self.layers, self.batch_size):
             e, hw = self.embed(feats)
@@ -176,7 +226,7 @@ class PatchCore:
         g = torch.Generator().manual_seed(self.seed)
         start = int(torch.randint(n, (1,), generator=g))
         precision = "bfloat16" if self.coreset == "fast" else "float32"
-        idx = greedy_batched(x, m, start, precision=precision)
+        idx = greedy_batched(x, m, start, precision=precision, copy=False)  # centres x in place
         del x
         self.coreset_idx = idx
         # second pass: full-dimensional vectors of the chosen patches
@@ -199,7 +249,12 @@ class PatchCore:
         """(N,) image scores and (N, h, w) patch distances before upsampling."""
         if self.bank is None:
             raise RuntimeError("PatchCore.predict before fit")
-        scores, grids = [], []
+        self._check(self.predict_bytes(test.shapes(self.layers), len(test), self.bank.shape[0], test.image_size,
+                                       test.itemsize), test, "predict",
+                    "lower `patchcore.coreset_ratio` or `patchcore.dim` (the bank), or `patchcore.batch_size`; "
+                    "the anomaly maps of the whole test set are a fixed part.")
+        # results go into arrays made once (per-batch pieces fragment the heap, see SPADE.grid_scores)
+        scores, grid = np.empty(len(test), np.float64), None
         for sl, feats in test.batches(self.layers, self.batch_size):
             e, (h, w) = self.embed(feats)
             check_finite(e, "patchcore test features")
@@ -208,10 +263,11 @@ class PatchCore:
             nn_idx = nn_idx.view(-1, h * w)
             e = e.view(dist.shape[0], h * w, -1)
             for b in range(dist.shape[0]):
-                scores.append(float(reweighted_score(dist[b], nn_idx[b], e[b], self.bank, self.neighbors,
-                                                     self._bank_sq)))
-            grids.append(dist.view(-1, h, w))
-        return np.asarray(scores, dtype=np.float64), torch.cat(grids).numpy()
+                scores[sl.start + b] = float(reweighted_score(dist[b], nn_idx[b], e[b], self.bank, self.neighbors,
+                                                              self._bank_sq))
+            grid = torch.empty(len(test), h, w) if grid is None else grid
+            grid[sl] = dist.view(-1, h, w)
+        return scores, grid.numpy()
 
     def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
         scores, grid = self.patch_scores(test)

@@ -1,0 +1,129 @@
+"""Every memory guard's estimate against the peak RSS it predicts, on a realistic case each.
+
+Methods run on a seeded synthetic feature cache with the magnetic-tile split's shapes
+(tf_efficientnet_lite0 blocks.1/2/4: 24x56x56, 40x28x28, 112x14x14; 761 train / 583 test
+images): memory depends on shapes, not values. Extract runs real networks (random init) on
+random images. Each case is a fresh process; the estimate is the largest one its guards
+checked (check_memory is wrapped), the peak is the process's VmHWM. Prints a Markdown table.
+
+    python bench/memory.py                        # every case
+    python bench/memory.py spade --n-test 48      # some cases, fewer test images
+PaDiM's heaviest setting (WideResNet-50-2, d=550) is bench/padim_memory.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LITE0 = {"blocks.1": (24, 56, 56), "blocks.2": (40, 28, 28), "blocks.4": (112, 14, 14)}
+METHODS = {  # case: (method, params)
+    "padim": ("padim", {"d": 100}),
+    "spade": ("spade", {}),
+    "patchcore": ("patchcore", {}),
+    "cflow": ("cflow", {"epochs": 1, "fibers_per_epoch": 4096}),  # memory does not depend on either
+}
+EXTRACT = {  # case: (backbone, layers, batches run)
+    "extract-lite0": ("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], 4),
+    "extract-wrn50": ("wide_resnet50_2", ["layer1", "layer2", "layer3"], 2),
+}
+
+
+def recorded_guards(modules) -> list[float]:
+    """Wrap check_memory where `modules` call it; returns the list the estimates go to."""
+    from anomaly_backbones import runner
+
+    seen: list[float] = []
+
+    def check(estimate, what, fix):
+        seen.append(estimate)
+        runner.check_memory(estimate, what, fix)
+
+    for m in modules:
+        m.check_memory = check
+    return seen
+
+
+def run_method(case: str, cache: Path) -> dict:
+    import importlib
+
+    from anomaly_backbones.features import FeatureSet
+    from anomaly_backbones.methods import METHODS as REGISTRY, get_method
+
+    name, params = METHODS[case]
+    module = importlib.import_module(REGISTRY[name].split(":")[0])
+    seen = recorded_guards([module])
+    m = get_method(name)(params, list(LITE0), 1024)
+    t = time.perf_counter()
+    m.fit(FeatureSet(cache, "train"))
+    t1 = time.perf_counter()
+    test = FeatureSet(cache, "test")
+    m.predict(test)
+    t2 = time.perf_counter()
+    return {"estimate": max(seen), "fit_s": t1 - t, "predict_ms": 1000 * (t2 - t1) / len(test)}
+
+
+def run_extract(case: str, batch_size: int = 32) -> dict:
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from anomaly_backbones.backbones import FeatureExtractor, load_backbone
+    from anomaly_backbones.features import FeatureWriter
+
+    backbone, layers, batches = EXTRACT[case]
+    bb = load_backbone(backbone, "random", 1024)
+    ext = FeatureExtractor(bb.model, layers)
+    estimate = ext.estimate_bytes(batch_size, 224, 4)
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        w = FeatureWriter(tmp, {"layers": layers})
+        for i in range(batches):  # as stages/03_extract.py: uint8 -> normalized float -> hooks -> writer
+            x = torch.from_numpy(images).permute(0, 3, 1, 2)
+            feats = ext((x.float() / 255.0 - 0.5) / 0.25)
+            if i == 0:
+                w.open("train", batch_size * batches, {k: tuple(v.shape[1:]) for k, v in feats.items()})
+            w.write("train", feats)
+        w.close()
+    return {"estimate": estimate, "fit_s": 0.0, "predict_ms": 1000 * (time.perf_counter() - t) / (batch_size * batches)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cases", nargs="*", default=[*METHODS, *EXTRACT], help=", ".join([*METHODS, *EXTRACT]))
+    ap.add_argument("--n-train", type=int, default=761)
+    ap.add_argument("--n-test", type=int, default=583)
+    ap.add_argument("--cache", default="/tmp/ab_memory_cache")
+    ap.add_argument("--run", help=argparse.SUPPRESS)  # child: run one case, print JSON
+    a = ap.parse_args()
+    cache = Path(f"{a.cache}_{a.n_train}_{a.n_test}")
+    if a.run:
+        from anomaly_backbones.runner import peak_rss_mb
+
+        out = run_extract(a.run) if a.run in EXTRACT else run_method(a.run, cache)
+        print(json.dumps({**out, "peak": peak_rss_mb() * 2**20}))
+        return
+    if any(c in METHODS for c in a.cases) and not (cache / "meta.json").exists():
+        from padim_memory import fill
+
+        fill(cache, a.n_train, a.n_test, "float32", LITE0, "tf_efficientnet_lite0")
+    print("| case | estimate GiB | peak RSS GiB | estimate / peak | fit s | predict ms/image |")
+    print("|---|---|---|---|---|---|", flush=True)
+    for case in a.cases:
+        r = subprocess.run([sys.executable, __file__, "--run", case, "--n-train", str(a.n_train),
+                            "--n-test", str(a.n_test), "--cache", a.cache], capture_output=True, text=True)
+        if r.returncode:
+            print(f"| {case} | failed: {r.stderr.strip().splitlines()[-1]} |||||", flush=True)
+            continue
+        o = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"| {case} | {o['estimate'] / 2**30:.2f} | {o['peak'] / 2**30:.2f} | {o['estimate'] / o['peak']:.2f} "
+              f"| {o['fit_s']:.1f} | {o['predict_ms']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
