@@ -8,21 +8,13 @@ this process may use. Median and p90 over `latency.runs` calls after `latency.wa
 
 A backbone that cannot be traced or exported does not fail the experiment (a sweep keeps its
 ROC-AUC): the error goes into latency.json as `error` and is printed. `latency.runs=0` skips
-the measurement.
+the measurement before torch is imported (a benchmark's cold run pays seconds, not the stage).
 """
 import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from anomaly_backbones.backbones import load_backbone, resolve_layers
-from anomaly_backbones.data.prepare import load_prepared
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.deploy import PadimScorer, check_onnx, eager_ms, export_onnx, onnx_files, onnx_ms
-from anomaly_backbones.features import FeatureSet
-from anomaly_backbones.methods.padim import PaDiM
 from anomaly_backbones.params import load_params
 from anomaly_backbones.runner import check_memory, read_json, run, write_json
 
@@ -34,12 +26,16 @@ def main():
     lat = p.get("latency", {})
     runs, warmup = int(lat.get("runs", 10)), int(lat.get("warmup", 2))
     cat = read_json(PREPARED / "categories.json")[0]["category"]
+    if runs == 0:
+        write_json(OUT, {"backbone": p["backbone"], "init": p["init"], "category": cat,
+                         "skipped": "latency.runs is 0"})
+        return
+    from anomaly_backbones.backbones import load_backbone
+    from anomaly_backbones.features import FeatureSet
+
     train = FeatureSet(FEATURES / cat, "train")
     bb = load_backbone(p["backbone"], p["init"], p["seed"])
     head = {"backbone": bb.name, "init": bb.init, "category": cat, "image_size": train.image_size}
-    if runs == 0:
-        write_json(OUT, {**head, "skipped": "latency.runs is 0"})
-        return
     try:
         measure(p, bb, train, cat, head, runs, warmup)
     except UserError as e:   # untraceable / unexportable backbone: recorded, not fatal
@@ -48,6 +44,14 @@ def main():
 
 
 def measure(p, bb, train, cat, head, runs, warmup):
+    import numpy as np
+    import torch
+
+    from anomaly_backbones.backbones import resolve_layers
+    from anomaly_backbones.data.prepare import load_prepared
+    from anomaly_backbones.deploy import PadimScorer, check_onnx, eager_ms, export_onnx, onnx_files, onnx_ms
+    from anomaly_backbones.methods.padim import PaDiM
+
     padim = PaDiM(p.get("padim", {}), resolve_layers(p["backbone"], p["layers"]), p["seed"])
     padim.fit(train)
     scorer = PadimScorer(bb, padim, train.image_size)
