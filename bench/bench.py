@@ -63,7 +63,7 @@ def forward_floor(layers, images: list[np.ndarray]) -> float:
     t = time.perf_counter()
     for arr in images:
         for s in range(0, len(arr), 32):
-            x = torch.from_numpy(np.ascontiguousarray(arr[s:s + 32])).permute(0, 3, 1, 2).float() / 255.0
+            x = torch.from_numpy(np.array(arr[s:s + 32])).permute(0, 3, 1, 2).float() / 255.0
             ext((x - 0.5) / 0.5)
     return time.perf_counter() - t
 

@@ -5,7 +5,7 @@ estimate of it (what the memory guard checks; the reference implementation asks 
 The feature cache is filled from a seeded generator with the real shapes (layer1 256x56x56,
 layer2 512x28x28, layer3 1024x14x14): PaDiM's memory depends on shapes, not values, and
 this skips ~5 minutes of forward passes. For real features run the pipeline with
-`-S backbone=wide_resnet50_2 -S init=random` and read peak_mb in metrics/metrics.json.
+`-S backbone=wide_resnet50_2 -S init=random` and read peak_mb in metrics/speed.json.
 
     python bench/padim_memory.py [--n 1000] [--d 550] [--cache /tmp/wrn_cache]
 """

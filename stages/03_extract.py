@@ -26,7 +26,7 @@ def extract_split(ext, images: np.ndarray, mean, std, batch_size: int, writer: F
     forward_s = 0.0
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for s in range(0, len(images), batch_size):
-            x = normalize(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).permute(0, 3, 1, 2),
+            x = normalize(torch.from_numpy(np.array(images[s:s + batch_size])).permute(0, 3, 1, 2),
                           mean, std)
             t = time.perf_counter()
             feats = ext(x)

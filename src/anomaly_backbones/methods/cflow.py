@@ -212,8 +212,9 @@ class CFlow:
                       itemsize: int = 4) -> float:
         """Peak RSS of predict: the flows; one test batch (all layers' maps, then per layer its
         fibers and repeated positional encodings) and one forward pass of EVAL_FIBERS fibers;
-        the log-likelihoods of all test images (then one layer's in float64); then the maps: the score map and the blur's padded copy and output (3.2 maps),
-        and the finiteness mask."""
+        the log-likelihoods of all test images (then one layer's in float64); then the maps: the
+        summed map, one layer's upsampled map, the output, a chunk's blur temporaries and the heap
+        glibc keeps between them (measured: six maps' worth), and the finiteness mask."""
         shapes = {name: shapes[name] for name in self.layers}
         params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
         b = min(self.batch_size, n_test)
@@ -224,7 +225,7 @@ class CFlow:
             self._flow_floats(c)[1] // self.coupling_blocks for c, _, _ in shapes.values())
         grids = 4.0 * n_test * sum(h * w for _, h, w in shapes.values()) + 12.0 * n_test * max(
             h * w for _, h, w in shapes.values())
-        maps = n_test * image_size ** 2 * (4.0 * 3.2 + 1)
+        maps = n_test * image_size ** 2 * (4.0 * 6 + 1)
         return BASELINE_BYTES + 4.0 * params + grids + max(batch + forward, maps)
 
     def _check(self, estimate: float, fs, what: str, fix: str) -> None:
@@ -316,7 +317,9 @@ class CFlow:
         top = total.max()
         score_map = total.neg_().add_(top)  # max - total, in place: (N, S, S) arrays are the large ones here
         scores = score_map.flatten(1).max(1).values.double().numpy()
-        maps = blur(score_map, self.sigma).numpy()
+        maps = np.empty(score_map.shape, np.float32)
+        for s in range(0, len(maps), 64):  # by chunks: conv2d over all maps at once takes GBs of workspace
+            maps[s:s + 64] = blur(score_map[s:s + 64], self.sigma).numpy()
         check_finite(scores, "cflow image scores")
         check_finite(maps, "cflow anomaly maps")
         return scores, maps
