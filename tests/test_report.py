@@ -15,7 +15,7 @@ import yaml
 
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.pr_comment import MARKER, build_comment, parse_md_table, quality_summary
-from anomaly_backbones.report import (RANDOM_MARK, Run, latency_by_rev, latency_section, parse_exp_show, pareto_front,
+from anomaly_backbones.report import (RANDOM_MARK, Run, latency_section, parse_exp_show, pareto_front,
                                       pick_indices, workspace_status)
 from anomaly_backbones.sweep import (apply_overrides, experiment_states, main_sweep, parse_queue_status,
                                      plan_sweep, select_backbones)
@@ -186,12 +186,13 @@ def test_latency_table_from_exp_show(tmp_path):
     show[0]["data"]["metrics"]["metrics/latency.json"] = {"data": _latency("resnet18", "random:seed=1", 30.0)}
     done_one = show[1]["experiments"][0]["revs"][0]["data"]["metrics"]
     done_one["metrics/latency.json"] = {"data": _latency("alexnet", "imagenet:IMAGENET1K_V1", 20.0)}
-    assert set(latency_by_rev(show)) == {"workspace", "1" * 40}           # done-two predates the stage
+    by_rev = lambda data: {r["rev"]: r["latency"] for r in parse_exp_show(data)[0] if r["latency"]}  # noqa: E731
+    assert set(by_rev(show)) == {"workspace", "1" * 40}                   # done-two predates the stage
     dvc2 = {"workspace": {"baseline": {"data": show[0]["data"]}},
             "b" * 40: {"baseline": {"data": {}}, "1" * 40: {"data": {"metrics": done_one}}}}
-    assert latency_by_rev(dvc2) == latency_by_rev(show)
+    assert by_rev(dvc2) == by_rev(show)
     runs = [Run(**r) for r in parse_exp_show(show)[0]]
-    lines = latency_section(tmp_path, runs, {"alexnet": 0, "resnet18": 1}, show)
+    lines = latency_section(tmp_path, runs, {"alexnet": 0, "resnet18": 1})
     assert lines[0] == "## Deployment latency (batch 1)"
     header, rows = parse_md_table("\n".join(lines))
     assert header[:3] == ["backbone", "init", "eager, 1 thread ms"] and "ONNX MB" in header
@@ -200,7 +201,7 @@ def test_latency_table_from_exp_show(tmp_path):
     assert rows[1][-2:] == ["0.5", "workspace"]                             # load, run
     table = list(csv.DictReader(open(tmp_path / "latency.csv")))
     assert [t["source"] for t in table] == ["done-one", "workspace"] and table[0]["onnx_all_p90_ms"] == "25.0"
-    assert "_No run has" in latency_section(tmp_path, runs, {}, SHOW)[2]
+    assert "_No run has" in latency_section(tmp_path, [Run(**r) for r in parse_exp_show(SHOW)[0]], {})[2]
 
 
 # ------------------------------------------------------------------------------------------- sweep

@@ -41,6 +41,7 @@ from .errors import UserError
 
 METRICS_FILE = "metrics/metrics.json"   # run + ROC-AUC
 SPEED_FILE = "metrics/speed.json"       # ms/image, fit_s, peak_mb per method (older runs kept them in METRICS_FILE)
+LATENCY_FILE = "metrics/latency.json"   # batch-1 deployment latency (the latency stage)
 PER_CATEGORY_FILE = "metrics/per_category.csv"
 PARAMS_FILE = "params.yaml"
 METHOD_KEYS = ("image_auroc", "pixel_auroc", "ms_per_image", "fit_s", "peak_mb")
@@ -109,6 +110,7 @@ class Run:
     metrics: dict
     variant: str = ""               # params (besides backbone and init) that set this run apart
     per_category: list[dict] | None = None
+    latency: dict | None = None     # metrics/latency.json, when the run has one
 
     @property
     def info(self) -> dict:
@@ -136,7 +138,6 @@ class Gathered:
     runs: list[Run] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (name, why)
     notes: list[str] = field(default_factory=list)
-    exp_show: object = None   # the `dvc exp show --json` data everything here was read from
     common: dict[str, list[str]] = field(default_factory=dict)  # dataset -> params all its runs share
     #                                                                 that differ from params.yaml at HEAD
 
@@ -168,7 +169,8 @@ def _is_success(executor) -> tuple[bool, str]:
 def parse_exp_show(data) -> tuple[list[dict], list[tuple[str, str]], dict[str, dict]]:
     """`dvc exp show --json` (DVC 3 list format; DVC 2 dict format also read) ->
     (records, skipped, baseline params by sha). A record: label, rev, kind, baseline, timestamp,
-    params, metrics (only finished runs with metrics/metrics.json)."""
+    params, metrics (only finished runs with metrics/metrics.json), latency (metrics/latency.json
+    or None: runs older than the latency stage have none)."""
     records: list[dict] = []
     skipped: list[tuple[str, str]] = []
     baselines: dict[str, dict] = {}
@@ -183,7 +185,8 @@ def parse_exp_show(data) -> tuple[list[dict], list[tuple[str, str]], dict[str, d
             if isinstance(metrics.get(method), dict) and isinstance(figures, dict):
                 metrics[method] = {**metrics[method], **figures}
         records.append({"label": label, "rev": rev, "kind": kind, "baseline": baseline,
-                        "timestamp": d.get("timestamp"), "params": params or {}, "metrics": metrics})
+                        "timestamp": d.get("timestamp"), "params": params or {}, "metrics": metrics,
+                        "latency": _file_data(d.get("metrics"), LATENCY_FILE)})
 
     if isinstance(data, dict):  # DVC 2.x: {rev: {"baseline": {"data": ...}, exp_rev: {"data": ...}}}
         for rev, group in data.items():
@@ -312,7 +315,7 @@ def gather(root: str | Path = ".", all_commits: bool = True, exp_show_json=None,
         except ValueError as e:
             raise UserError(f"could not read `dvc exp show --json` output: {e}") from None
     records, skipped, baselines = parse_exp_show(exp_show_json)
-    g = Gathered(skipped=list(skipped), exp_show=exp_show_json)
+    g = Gathered(skipped=list(skipped))
     ws_stale = ws_note = None
     if any(r["kind"] == "workspace" for r in records):
         if status_json is None:
@@ -349,7 +352,8 @@ def gather(root: str | Path = ".", all_commits: bool = True, exp_show_json=None,
         else:
             kept.insert(0, r)
     g.runs = [Run(label=r["label"], rev=r["rev"] or "?", kind=r["kind"], baseline=r["baseline"],
-                  timestamp=r["timestamp"], params=r["params"], metrics=r["metrics"]) for r in kept]
+                  timestamp=r["timestamp"], params=r["params"], metrics=r["metrics"], latency=r["latency"])
+              for r in kept]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     reference = baselines.get(head) or (next(iter(baselines.values())) if len(baselines) == 1 else None)
     for ds in sorted({r.dataset for r in g.runs}):  # variants are relative within one dataset's runs
@@ -856,42 +860,16 @@ def overlays(root: Path, out: Path, n: int) -> tuple[list[dict], list[str]]:
 
 # ----------------------------------------------------------------------------- deployment latency
 
-LATENCY_FILE = "metrics/latency.json"
 LATENCY_SETTINGS = (("eager_1t", "eager, 1 thread"), ("eager_all", "eager, all threads"),
                     ("onnx_1t", "ONNX Runtime, 1 thread"), ("onnx_all", "ONNX Runtime, all threads"))
 
 
-def latency_by_rev(data) -> dict[str, dict]:
-    """`dvc exp show --json` (DVC 3 list or DVC 2 dict format) -> {rev: metrics/latency.json}, rev =
-    "workspace" or the experiment's sha as in Run.rev. Runs older than the latency stage have none."""
-    out: dict[str, dict] = {}
-
-    def take(rev, d):
-        lat = _file_data((d or {}).get("metrics") if isinstance(d, dict) else None, LATENCY_FILE)
-        if rev and lat:
-            out[rev] = lat
-
-    if isinstance(data, dict):
-        for rev, group in data.items():
-            for r, e in (group.items() if isinstance(group, dict) else ()):
-                if isinstance(e, dict):
-                    take(rev if r == "baseline" else r, e.get("data"))
-    elif isinstance(data, list):
-        for b in (b for b in data if isinstance(b, dict)):
-            take(b.get("rev"), b.get("data"))
-            for group in (g for g in b.get("experiments") or [] if isinstance(g, dict)):
-                for r in (r for r in group.get("revs") or [] if isinstance(r, dict)):
-                    take(r.get("rev"), r.get("data"))
-    return out
-
-
-def latency_section(out: Path, runs: list[Run], order: dict[str, int], exp_show_json) -> list[str]:
-    """The index's "Deployment latency (batch 1)" lines and latency.csv: one row per run whose
-    metrics/latency.json the same `dvc exp show --json` data carries."""
-    found = latency_by_rev(exp_show_json)
+def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[str]:
+    """The index's "Deployment latency (batch 1)" lines and latency.csv: one row per run that has
+    metrics/latency.json with figures (not skipped, not failed)."""
     rows = []
     for run in runs:
-        lat = found.get(run.rev)
+        lat = run.latency
         pad = (lat or {}).get("padim")
         if not isinstance(pad, dict):
             continue
@@ -1025,7 +1003,7 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
         lines += [f"![Pareto front on {ds}]({p.name})", ""]
     lines += ["Data: [pareto.csv](pareto.csv) (`pareto_front` marks the non-dominated points: no other run is both "
               "faster and better). Hollow markers = random init.", ""]
-    lines += latency_section(out, g.runs, {k: v["order"] for k, v in reg.items()}, g.exp_show)
+    lines += latency_section(out, g.runs, {k: v["order"] for k, v in reg.items()})
     lines += ["## Appendix", "",
               f"- [Per-category ROC-AUC](per_category.md) · [CSV](per_category.csv): "
               f"{len(covered)} of {len(g.runs)} run(s) covered"
