@@ -319,9 +319,7 @@ class CFlow:
         top = total.max()
         score_map = total.neg_().add_(top)  # max - total, in place: (N, S, S) arrays are the large ones here
         scores = score_map.flatten(1).max(1).values.double().numpy()
-        maps = np.empty(score_map.shape, np.float32)
-        for s in range(0, len(maps), 64):  # by chunks: conv2d over all maps at once takes GBs of workspace
-            maps[s:s + 64] = blur(score_map[s:s + 64], self.sigma).numpy()
+        maps = blur(score_map, self.sigma).numpy()
         check_finite(scores, "cflow image scores")
         check_finite(maps, "cflow anomaly maps")
         return scores, maps

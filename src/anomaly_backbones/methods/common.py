@@ -18,20 +18,23 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
-def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+def blur(maps: torch.Tensor, sigma: float, chunk: int = 64) -> torch.Tensor:
     """Separable Gaussian blur of (N, H, W) maps, reflect padding (replicate on maps smaller
-    than the kernel radius, where reflection is undefined)."""
+    than the kernel radius, where reflection is undefined). By chunks of maps: conv2d over
+    hundreds of 224x224 maps at once takes GBs of workspace; each map's result is the same."""
     if sigma <= 0:
         return maps
     k = gaussian_kernel1d(sigma).to(maps.dtype)
     r = (k.numel() - 1) // 2
     mode = "reflect" if r < min(maps.shape[-2:]) else "replicate"
-    x = maps[:, None]
-    x = F.pad(x, (r, r, 0, 0), mode=mode)
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, r, r), mode=mode)
-    x = F.conv2d(x, k.view(1, 1, -1, 1))
-    return x[:, 0]
+    out = torch.empty_like(maps)
+    for s in range(0, maps.shape[0], chunk):
+        x = maps[s:s + chunk, None]
+        x = F.pad(x, (r, r, 0, 0), mode=mode)
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
+        x = F.pad(x, (0, 0, r, r), mode=mode)
+        out[s:s + chunk] = F.conv2d(x, k.view(1, 1, -1, 1))[:, 0]
+    return out
 
 
 @lru_cache(maxsize=16)
