@@ -26,9 +26,11 @@ METHODS = {  # case: (method, params)
     "patchcore": ("patchcore", {}),
     "cflow": ("cflow", {"epochs": 1, "fibers_per_epoch": 4096}),  # memory does not depend on either
 }
-EXTRACT = {  # case: (backbone, layers, batches run)
-    "extract-lite0": ("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], 4),
-    "extract-wrn50": ("wide_resnet50_2", ["layer1", "layer2", "layer3"], 2),
+EXTRACT = {  # case: (backbone, layers, batches run, extract.engine)
+    "extract-lite0": ("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], 4, "eager"),
+    "extract-lite0-onnx": ("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], 4, "onnx"),
+    "extract-wrn50": ("wide_resnet50_2", ["layer1", "layer2", "layer3"], 2, "eager"),
+    "extract-wrn50-onnx": ("wide_resnet50_2", ["layer1", "layer2", "layer3"], 2, "onnx"),
 }
 
 
@@ -72,18 +74,19 @@ def run_extract(case: str, batch_size: int = 32) -> dict:
     import numpy as np
     import torch
 
-    from anomaly_backbones.backbones import FeatureExtractor, load_backbone
+    from anomaly_backbones.backbones import load_backbone
+    from anomaly_backbones.backbones.ort_extractor import make_extractor
     from anomaly_backbones.features import FeatureWriter
 
-    backbone, layers, batches = EXTRACT[case]
+    backbone, layers, batches, engine = EXTRACT[case]
     bb = load_backbone(backbone, "random", 1024)
-    ext = FeatureExtractor(bb.model, layers)
+    ext, _ = make_extractor(bb.model, layers, bb.name, engine, 224)
     estimate = ext.estimate_bytes(batch_size, 224, 4)
     images = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         w = FeatureWriter(tmp, {"layers": layers})
-        for i in range(batches):  # as stages/03_extract.py: uint8 -> normalized float -> hooks -> writer
+        for i in range(batches):  # as stages/03_extract.py: uint8 -> normalized float -> engine -> writer
             x = torch.from_numpy(images).permute(0, 3, 1, 2)
             feats = ext((x.float() / 255.0 - 0.5) / 0.25)
             if i == 0:

@@ -1,7 +1,8 @@
 """Stage 3, extract: run the backbone once over prepared images; cache the layer maps (data/features).
 
 Every method reads this cache, so changing `methods` or a method's params never runs the
-network again. Weights are resolved before anything is written.
+network again. Weights are resolved before anything is written. `extract.engine` picks eager
+PyTorch or ONNX Runtime (anomaly_backbones.backbones.ort_extractor); stats.json records which ran.
 """
 import shutil
 import time
@@ -11,7 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomaly_backbones.backbones import FeatureExtractor, load_backbone, normalize, resolve_layers
+from anomaly_backbones.backbones import load_backbone, normalize, resolve_layers
+from anomaly_backbones.backbones.ort_extractor import make_extractor
 from anomaly_backbones.data.prepare import load_prepared
 from anomaly_backbones.features import FeatureWriter
 from anomaly_backbones.methods.patchcore import resolve_layers as patchcore_layers
@@ -45,18 +47,20 @@ def main():
     layers = resolve_layers(p["backbone"], p["layers"])
     extra = [layer for layer in patchcore_layers(p.get("patchcore", {}).get("layers", "auto"), layers)
              if layer not in layers]
-    ext = FeatureExtractor(bb.model, layers + extra)
     ex = p.get("extract", {})
     batch_size, dtype = int(ex.get("batch_size", 32)), ex.get("dtype", "float32")
     size = p["data"]["crop"]
+    ext, engine = make_extractor(bb.model, layers + extra, bb.name, ex.get("engine", "auto"), size)
     check_memory(ext.estimate_bytes(batch_size, size, np.dtype(dtype).itemsize),
                  f"extract {bb.name} (layers {layers + extra}, batches of {batch_size} images of {size} px)",
                  "lower `extract.batch_size` (memory grows with it).")
     shutil.rmtree(OUT, ignore_errors=True)
-    stats = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "dtype": dtype, "categories": {}}
+    stats = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "dtype": dtype, "engine": engine,
+             "categories": {}}
     for c in read_json(PREPARED / "categories.json"):
         name = c["category"]
-        meta = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "image_size": p["data"]["crop"]}
+        meta = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "image_size": p["data"]["crop"],
+                "engine": engine}
         writer = FeatureWriter(OUT / name, meta, dtype)
         times = {}
         for split in ("train", "test"):

@@ -18,25 +18,10 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, normalize
+from .backbones.ort_extractor import ort_session, trunk
 from .errors import UserError
 from .methods.common import upsample_blur
 from .methods.padim import PaDiM
-
-
-def trunk(model: nn.Module, layers: list[str], name: str) -> nn.Module:
-    """The backbone up to the deepest of `layers`, returning {layer: (B, C, h, w)}.
-
-    A torch.fx graph (timm's tracer, which also knows torchvision models): FeatureExtractor stops
-    the forward pass by raising from a hook, which neither tracing nor ONNX export can follow."""
-    from timm.models import create_feature_extractor
-
-    try:
-        return create_feature_extractor(model, return_nodes={layer: layer for layer in layers}).eval()
-    except Exception as e:  # noqa: BLE001 - fx fails in many ways on dynamic control flow
-        raise UserError(f"backbone {name!r} cannot be traced (torch.fx) into a deployable trunk up to "
-                        f"{layers[-1]!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-                        f"The `latency` stage needs a traceable forward pass; for this backbone run "
-                        f"`dvc repro aggregate` (the quality metrics do not need that stage).") from None
 
 
 class PadimScorer(nn.Module):
@@ -108,17 +93,6 @@ def onnx_files(path: str | Path) -> list[Path]:
     """The model file and its external data file(s)."""
     path = Path(path)
     return [path] + sorted(p for p in path.parent.glob(path.name + "*") if p != path)
-
-
-def ort_session(path: str | Path, threads: int):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (one inter-op thread: batch 1)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def check_onnx(scorer: PadimScorer, path: str | Path, image: torch.Tensor, name: str, rtol: float = 1e-3) -> None:
