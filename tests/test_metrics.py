@@ -6,10 +6,11 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.metrics import roc_auc, roc_curve
 
 
+@pytest.mark.parametrize("positives", [0.3, 0.8])   # either class may be the one sorted
 @pytest.mark.parametrize("n,decimals", [(7, 0), (200, 1), (5000, 2), (100_000, 6)])
-def test_roc_auc_matches_sklearn_with_ties(n, decimals):
+def test_roc_auc_matches_sklearn_with_ties(n, decimals, positives):
     rng = np.random.default_rng(n)
-    y = rng.random(n) < 0.3
+    y = rng.random(n) < positives
     y[:2] = [True, False]
     s = np.round(rng.normal(size=n) + y, decimals).astype(np.float32)
     assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
@@ -19,6 +20,7 @@ def test_roc_auc_hand_example_and_signed_zero():
     # pairs (pos, neg): 0.0 vs -0.0 tie (1/2), 0.0 vs -1 (1), 1 vs both (2) -> 3.5 / 4
     assert roc_auc([0, 1, 0, 1], [-0.0, 0.0, -1.0, 1.0]) == 0.875
     assert roc_auc([1, 0], [-3.0, -2.0]) == 0.0
+    assert roc_auc([1, 1, 0], [-3.0, -1.0, -2.0]) == 0.5           # more positives than negatives
 
 
 def test_roc_auc_rejects_nonfinite_and_single_class():

@@ -1,22 +1,25 @@
 """Exact ROC-AUC for tens of millions of pixels in about a second, and compact ROC curves.
 
-Scores are mapped to order-preserving integer keys and packed with the label into one
-uint64, so a single (SIMD) sort orders by score with ties grouped; the Mann-Whitney count
-with ties at half weight then falls out of cumulative sums. Equal to sklearn's
-roc_auc_score to floating-point rounding, without its argsort of float64.
+Scores are mapped to order-preserving int32 keys; only the larger class is sorted (torch's sort:
+about 2x numpy's on these machines), and each score of the smaller class finds, by binary search,
+how many of the other class lie below it and how many tie with it. That is the Mann-Whitney count
+with ties at half weight: equal to sklearn's roc_auc_score to floating-point rounding, without
+its argsort of float64 over every pixel.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .errors import UserError
 
 
 def _keys(scores: np.ndarray) -> np.ndarray:
-    """float32 -> uint32 with the same order (-0.0 == +0.0): flip all bits of negatives, the sign of others."""
+    """float32 -> int32 with the same order (-0.0 == +0.0): negatives get their magnitude bits
+    flipped, so larger magnitudes sort lower."""
     s = np.ascontiguousarray(scores, dtype=np.float32).ravel() + np.float32(0.0)
-    flip = (s.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
-    return s.view(np.uint32) ^ flip
+    i = s.view(np.int32)
+    return i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -32,23 +35,24 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    packed = _keys(s).astype(np.uint64)
-    packed <<= np.uint64(1)
-    packed |= y
-    packed.sort()  # by score, negatives first within a tie
-    pos_at = np.flatnonzero(packed & np.uint64(1))
-    # negatives at or below each positive = its position minus the positives before it
-    neg_le = pos_at.sum(dtype=np.float64) - n_pos * (n_pos - 1) / 2.0
-    # negatives tied with a positive count one half: find them by binary search on the sorted keys
-    tie_key = packed[pos_at] & ~np.uint64(1)
-    neg_tied = np.searchsorted(packed, tie_key, "right") - np.searchsorted(packed, tie_key, "left")
-    return float((neg_le - 0.5 * neg_tied.sum(dtype=np.float64)) / (n_pos * n_neg))
+    k = _keys(s)
+    pos, neg = k[y], k[~y]
+    del k
+    big, small = (neg, pos) if n_neg >= n_pos else (pos, neg)
+    big = torch.sort(torch.from_numpy(big))[0].numpy()
+    below = np.searchsorted(big, small, "left")
+    tied = np.searchsorted(big, small, "right") - below
+    below, tied = below.sum(dtype=np.float64), tied.sum(dtype=np.float64)
+    # positives above negatives: each positive's negatives below it, or (small = negatives) the
+    # positives that are neither below nor tied with each negative
+    wins = below if n_neg >= n_pos else n_pos * n_neg - below - tied
+    return float((wins + 0.5 * tied) / (n_pos * n_neg))
 
 
 def roc_auc_bytes(n: int) -> float:
-    """Memory roc_auc needs for n scores besides its inputs: the label copy, the keys and their
-    temporaries, the packed uint64 array (measured 16.4 B per score on 29M pixels)."""
-    return 17.0 * n
+    """Memory roc_auc needs for n scores besides its inputs: the label copy, the keys, both classes'
+    keys, the sorted copy of the larger and its int64 sort indices (about 21 B per score)."""
+    return 22.0 * n
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 201) -> tuple[np.ndarray, np.ndarray]:
