@@ -14,8 +14,11 @@ Training is anomalib's own Cflow.training_step, written out without Lightning: p
 anomaly map is exp(log p - max) with the max taken per test batch: scores from different
 batches are then on different scales. The same trained flows are evaluated with each
 `--test-batch` (default: anomalib's 32, and all test images in one batch, which is the
-original CFLOW-AD normalization over the whole test set and the project's). The project's run
-with the same settings:
+original CFLOW-AD normalization over the whole test set and the project's). `--flow ours` swaps in
+the project's ConditionalFlow, given anomalib's initial weights, and changes nothing else (same
+draws, same loop, same evaluation): equal figures then mean the flow and its gradients are
+anomalib's, so a gap to the project's own run comes from its draws (initial weights, order). The
+project's run with the same settings:
     dvc exp run --temp -S seed=1024 -S data.dataset=mtd -S data.root=/abs/magnetic_tile \
         -S 'layers=[blocks.1,blocks.2,blocks.4]' -S 'methods=[cflow]' -S cflow.epochs=1 \
         -S cflow.fibers_per_epoch=100000000 -S cflow.fiber_batch_size=256 -S cflow.lr=0.0002
@@ -32,30 +35,57 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 
+def load_weights(ours, theirs) -> None:
+    """Give the project's ConditionalFlow the weights of anomalib's cflow_head (same layout)."""
+    with torch.no_grad():
+        for blk, mine in zip(theirs.module_list, ours.blocks):
+            lin = [m for m in blk.subnet if isinstance(m, torch.nn.Linear)]
+            for dst, src in zip((mine.subnet[0], mine.subnet[2]), lin):
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+            mine.global_scale.copy_(blk.global_scale.flatten())
+            mine.global_offset.copy_(blk.global_offset.flatten())
+            c = mine.perm.numel()
+            perm = blk.w_perm.reshape(c, c).argmax(1)     # F.linear(x, w): y_i = x[perm[i]]
+            mine.perm.copy_(perm)
+            mine.inv_perm.copy_(torch.argsort(perm))
+
+
+class AsDecoder(torch.nn.Module):
+    """The project's flow behind anomalib's decoder call: decoder(x, [cond]) -> (z, log|det|)."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x, c):
+        return self.flow(x, c[0])
+
+
+def our_flow_like(theirs, c: int, condition_vector: int, blocks: int, clamp: float = 1.9):
+    """A ConditionalFlow with `theirs`' weights, built without touching the global RNG (so the
+    rest of anomalib's run draws exactly what it would have drawn)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from anomaly_backbones.methods.cflow import ConditionalFlow
+
+    with torch.random.fork_rng(devices=[]):
+        ours = ConditionalFlow(c, condition_vector, blocks, clamp, torch.Generator().manual_seed(0))
+    load_weights(ours, theirs)
+    return ours
+
+
 def same_flow_check(layers_dims=(24, 40, 112), condition_vector=128, blocks=8, clamp=1.9) -> float:
     """Largest |log p / C| difference between anomalib's cflow_head (FrEIA AllInOneBlocks) and
     the project's ConditionalFlow given the same weights and inputs: 0 means the two flows
     are the same function, so any ROC-AUC gap comes from training (initial draw, order)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from anomalib.models.image.cflow.utils import cflow_head, get_logp
-    from anomaly_backbones.methods.cflow import ConditionalFlow
 
     worst = 0.0
     for c in layers_dims:
         theirs = cflow_head(condition_vector=condition_vector, coupling_blocks=blocks, clamp_alpha=clamp,
                             n_features=c, permute_soft=False)
-        ours = ConditionalFlow(c, condition_vector, blocks, clamp, torch.Generator().manual_seed(0))
+        ours = our_flow_like(theirs, c, condition_vector, blocks, clamp)
         with torch.no_grad():
-            for blk, mine in zip(theirs.module_list, ours.blocks):
-                lin = [m for m in blk.subnet if isinstance(m, torch.nn.Linear)]
-                for dst, src in zip((mine.subnet[0], mine.subnet[2]), lin):
-                    dst.weight.copy_(src.weight)
-                    dst.bias.copy_(src.bias)
-                mine.global_scale.copy_(blk.global_scale.flatten())
-                mine.global_offset.copy_(blk.global_offset.flatten())
-                perm = blk.w_perm.reshape(c, c).argmax(1)     # F.linear(x, w): y_i = x[perm[i]]
-                mine.perm.copy_(perm)
-                mine.inv_perm.copy_(torch.argsort(perm))
             x, cond = torch.randn(512, c), torch.randn(512, condition_vector)
             z, log_jac = theirs(x, [cond])
             worst = max(worst, float((get_logp(c, z, log_jac) / c - ours.log_prob_per_dim(x, cond)).abs().max()))
@@ -76,6 +106,9 @@ def main():
     ap.add_argument("--test-batch", default="32,all", help="comma-separated test batch sizes; 'all' = one batch")
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flow", choices=("anomalib", "ours"), default="anomalib",
+                    help="ours: the project's ConditionalFlow, given anomalib's initial weights, trained and "
+                         "evaluated by anomalib's loop with the same draws (isolates the flow from the loop)")
     a = ap.parse_args()
     sys.path.insert(0, str(Path(a.reference).resolve()))
     from mtd_split import load_image, load_mask, split
@@ -99,6 +132,9 @@ def main():
     full.load_state_dict({k2: v1 for (_, v1), k2 in zip(src.items(), tgt)})
     m.encoder.feature_extractor.load_state_dict(full.state_dict(), strict=False)
     m.encoder.eval()
+    if a.flow == "ours":
+        m.decoders = torch.nn.ModuleList(
+            AsDecoder(our_flow_like(d, d.shapes[0][0], a.condition_vector, a.coupling_blocks)) for d in m.decoders)
 
     train, test = split(a.root)
     mean = std = torch.tensor([0.5, 0.5, 0.5])[:, None, None]
