@@ -2,7 +2,10 @@
 
 For each PaDiM setting: a cold `dvc repro` (all stages, empty cache) in a fresh clone, a
 warm re-run after changing a method param (feature cache reused), and the floor: the
-backbone's forward pass alone over the same 1,344 images. Optionally anomalib 2.7 side by
+backbone's forward pass alone over the same 1,344 images, batches of 32, in eager PyTorch (what a
+notebook or anomalib runs), and the same forward pass in the engine the extract stage used
+(`extract.engine`, ONNX Runtime by default), so the pipeline's overhead over its own forward
+pass shows too. Optionally anomalib 2.7 side by
 side, run from a scratch environment (never a dependency of this project):
 
     python3 -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
@@ -55,17 +58,21 @@ def peak_of_stages(clone: Path) -> float:
     return max(feats, fit) / 1024
 
 
-def forward_floor(layers, images: list[np.ndarray]) -> float:
-    from anomaly_backbones.backbones import FeatureExtractor, load_backbone
+def forward_floor(layers, images: list[np.ndarray], engine: str) -> float:
+    """Seconds of the forward passes alone (batches of 32; building the engine not counted)."""
+    from anomaly_backbones.backbones import load_backbone, normalize
+    from anomaly_backbones.backbones.ort_extractor import make_extractor
 
     bb = load_backbone("tf_efficientnet_lite0", "imagenet", 1024)
-    ext = FeatureExtractor(bb.model, layers)
-    t = time.perf_counter()
+    ext, _ = make_extractor(bb.model, layers, bb.name, engine, images[0].shape[1])
+    t = 0.0
     for arr in images:
         for s in range(0, len(arr), 32):
-            x = torch.from_numpy(np.array(arr[s:s + 32])).permute(0, 3, 1, 2).float() / 255.0
-            ext((x - 0.5) / 0.5)
-    return time.perf_counter() - t
+            x = normalize(torch.from_numpy(np.array(arr[s:s + 32])).permute(0, 3, 1, 2), bb.mean, bb.std)
+            t0 = time.perf_counter()
+            ext(x)
+            t += time.perf_counter() - t0
+    return t
 
 
 def set_params(clone: Path, **changes):
@@ -91,26 +98,30 @@ def main():
                                  "methods": ["padim"], "latency.runs": 0})
             cold, _, _ = timed(["dvc", "repro", "-q"], clone)
             peak = peak_of_stages(clone)
-            m = json.loads((clone / "metrics/metrics.json").read_text())["padim"]
+            metrics = json.loads((clone / "metrics/metrics.json").read_text())
+            m, engine = metrics["padim"], metrics["run"]["engine"]
             set_params(clone, **{"padim.d": d - 1})
             warm, _, _ = timed(["dvc", "repro", "-q"], clone)
             prepared = clone / "data/prepared/magnetic_tile"
             imgs = [np.load(prepared / f"{s}_images.npy", mmap_mode="r") for s in ("train", "test")]
-            floor = forward_floor(layers, imgs)
+            floor = forward_floor(layers, imgs, "eager")
+            own = forward_floor(layers, imgs, engine)
         if a.peer_python:
             wall, rss, out = timed([a.peer_python, a.peer_script, a.mtd, "--layers", ",".join(layers), "--d", str(d)],
                                    ROOT)
             img = float(re.search(r"image_auroc=([\d.]+)", out).group(1))
             pix = float(re.search(r"pixel_auroc=([\d.]+)", out).group(1))
             ref = (img, pix, wall, rss)
-        rows.append((name, m, cold, peak, warm, floor, ref))
+        rows.append((name, m, cold, peak, warm, floor, own, engine, ref))
     print("| setting | image / pixel ROC-AUC (anomalib) | cold end to end s | anomalib s | ratio | peak GB "
-          "| anomalib GB | ratio | forward floor s | cold / floor | warm s (padim.d changed) | warm / cold |")
-    print("|" + "---|" * 12)
-    for name, m, cold, peak, warm, floor, ref in rows:
+          "| anomalib GB | ratio | eager forward s | cold / eager forward | engine forward s (engine) "
+          "| cold / engine forward | warm s (padim.d changed) | warm / cold |")
+    print("|" + "---|" * 14)
+    for name, m, cold, peak, warm, floor, own, engine, ref in rows:
         print(f"| {name} | {m['image_auroc']:.4f} / {m['pixel_auroc']:.4f} ({ref[0]:.3f} / {ref[1]:.3f}) "
               f"| {cold:.1f} | {ref[2]:.1f} | {cold / ref[2]:.2f} | {peak:.2f} | {ref[3]:.1f} | {peak / ref[3]:.2f} "
-              f"| {floor:.1f} | {cold / floor:.2f} | {warm:.1f} | {warm / cold:.2f} |")
+              f"| {floor:.1f} | {cold / floor:.2f} | {own:.1f} ({engine}) | {cold / own:.2f} "
+              f"| {warm:.1f} | {warm / cold:.2f} |")
     print(f"\nmachine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 

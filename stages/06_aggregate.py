@@ -21,6 +21,7 @@ def main():
     feats = read_json("data/features/stats.json")
     metrics = {"run": {"backbone": feats["backbone"], "init": feats["init"], "layers": ",".join(feats["layers"]),
                        "dataset": p["data"]["dataset"], "seed": p["seed"], "feature_dtype": feats["dtype"],
+                       "engine": feats.get("engine", "eager"),   # what computed the features (extract.engine)
                        # feature cache on disk, all categories: set by shapes and dtype, so deterministic
                        "cache_mb": round(sum(c["cache_mb"] for c in feats["categories"].values()), 1)}}
     speed = {}
