@@ -1,10 +1,11 @@
 """Exact ROC-AUC for tens of millions of pixels in about a second, and compact ROC curves.
 
-Scores are mapped to order-preserving int32 keys; only the larger class is sorted (torch's sort:
-about 2x numpy's on these machines), and each score of the smaller class finds, by binary search,
-how many of the other class lie below it and how many tie with it. That is the Mann-Whitney count
-with ties at half weight: equal to sklearn's roc_auc_score to floating-point rounding, without
-its argsort of float64 over every pixel.
+Scores are mapped to order-preserving int32 keys; only the larger class is sorted, by chunks
+(torch's sort: about 2x numpy's on these machines; chunks bound its int64 indices), and each score
+of the smaller class finds, by binary search in every sorted chunk, how many of the other class lie
+below it and how many tie with it. Those counts add up over chunks: the Mann-Whitney count with
+ties at half weight, equal to sklearn's roc_auc_score to floating-point rounding, without its
+argsort of float64 over every pixel.
 """
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ import torch
 
 from .errors import UserError
 
+SORT_CHUNK = 2**23  # keys sorted at once: 8.4M x (4 B sorted + 8 B indices) = 100 MB
+
 
 def _keys(scores: np.ndarray) -> np.ndarray:
     """float32 -> int32 with the same order (-0.0 == +0.0): negatives get their magnitude bits
-    flipped, so larger magnitudes sort lower."""
-    s = np.ascontiguousarray(scores, dtype=np.float32).ravel() + np.float32(0.0)
-    i = s.view(np.int32)
-    return i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+    flipped, so larger magnitudes sort lower. One new array and one temporary."""
+    i = (np.ascontiguousarray(scores, dtype=np.float32).ravel() + np.float32(0.0)).view(np.int32)
+    flip = i >> 31
+    flip &= np.int32(0x7FFFFFFF)
+    i ^= flip
+    return i
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -36,23 +41,26 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     k = _keys(s)
-    pos, neg = k[y], k[~y]
+    big_is_neg = n_neg >= n_pos
+    small = np.sort(k[y] if big_is_neg else k[~y])   # sorted needles: the binary searches stay in cache
+    big = k[~y] if big_is_neg else k[y]
     del k
-    big, small = (neg, pos) if n_neg >= n_pos else (pos, neg)
-    big = torch.sort(torch.from_numpy(big))[0].numpy()
-    below = np.searchsorted(big, small, "left")
-    tied = np.searchsorted(big, small, "right") - below
-    below, tied = below.sum(dtype=np.float64), tied.sum(dtype=np.float64)
+    below = tied = 0.0
+    for c in range(0, big.size, SORT_CHUNK):
+        part = torch.sort(torch.from_numpy(big[c:c + SORT_CHUNK]))[0].numpy()
+        lo = np.searchsorted(part, small, "left")
+        below += lo.sum(dtype=np.float64)
+        tied += (np.searchsorted(part, small, "right") - lo).sum(dtype=np.float64)
     # positives above negatives: each positive's negatives below it, or (small = negatives) the
     # positives that are neither below nor tied with each negative
-    wins = below if n_neg >= n_pos else n_pos * n_neg - below - tied
+    wins = below if big_is_neg else n_pos * n_neg - below - tied
     return float((wins + 0.5 * tied) / (n_pos * n_neg))
 
 
 def roc_auc_bytes(n: int) -> float:
-    """Memory roc_auc needs for n scores besides its inputs: the label copy, the keys, both classes'
-    keys, the sorted copy of the larger and its int64 sort indices (about 21 B per score)."""
-    return 22.0 * n
+    """Memory roc_auc needs for n scores besides its inputs: the label copy, the keys and one
+    temporary, then both classes' keys, and one sorted chunk with its indices."""
+    return 10.0 * n + 12.0 * SORT_CHUNK
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 201) -> tuple[np.ndarray, np.ndarray]:

@@ -95,13 +95,13 @@ class PaDiM:
 
     def predict_bytes(self, n: int, image_size: int) -> float:
         """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
-        slice, its product with the inverse covariances and their elementwise product, and the
-        maps."""
+        slice and its product with the inverse covariances (multiplied by the slice in place), and
+        the maps."""
         H, W = self.grid
         r0, r1 = self._row_chunks(n)[0]
         sl = 4.0 * n * self.d * (r1 - r0) * W
         model = 4.0 * H * W * self.d * (self.d + 1)
-        return (BASELINE_BYTES + model + max(sl + 2 * MAP_BYTES, 3 * sl) + 4.0 * n * H * W
+        return (BASELINE_BYTES + model + max(sl + 2 * MAP_BYTES, 2 * sl) + 4.0 * n * H * W
                 + maps_bytes(n, image_size))
 
     def _row_chunks(self, n: int):
@@ -145,8 +145,8 @@ class PaDiM:
         for r0, r1 in self._row_chunks(len(test)):
             sl = slice(r0 * W, r1 * W)
             delta = self._rows(test, r0, r1).sub_(self.mean[:, sl].T.unsqueeze(1))  # (p, N, d)
-            m = torch.bmm(delta, self.inv_cov[sl])
-            out[:, sl] = (m * delta).sum(-1).clamp_min_(0).sqrt_().T.numpy()
+            m = torch.bmm(delta, self.inv_cov[sl]).mul_(delta)   # in place: two (p, N, d) arrays, not three
+            out[:, sl] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
             del delta, m  # not alive while the next chunk is read
         return out.reshape(-1, H, W)
 
