@@ -92,8 +92,6 @@ class OnnxExtractor:
                                       output_names=[f"feature{i}" for i in range(len(self.layers))],
                                       dynamic_axes={"image": {0: "batch"}})
                 self.session = ort_session(path, threads)
-            except UserError:
-                raise
             except Exception as e:  # noqa: BLE001 - the exporter and ORT raise many types
                 first = (str(e).strip().splitlines() or [""])[0][:300]
                 raise UserError(f"backbone {name!r} does not export to ONNX ({type(e).__name__}: {first}); "
