@@ -1,4 +1,4 @@
-"""Exact ROC-AUC for tens of millions of pixels in about a second, and compact ROC curves.
+"""Exact ROC-AUC for tens of millions of pixels in one to two seconds, and compact ROC curves.
 
 Scores are mapped to order-preserving int32 keys; only the larger class is sorted, by chunks
 (torch's sort: about 2x numpy's on these machines; chunks bound its int64 indices), and each score

@@ -135,10 +135,13 @@ class FeatureExtractor:
         sizes = [v.numel() for v in feats.values()]
         return max(largest[0], *sizes), sum(sizes), max(sizes)
 
+    def weight_bytes(self) -> int:
+        """Bytes of the model's parameters and buffers."""
+        return sum(t.numel() * t.element_size() for t in (*self.model.parameters(), *self.model.buffers()))
+
     def estimate_bytes(self, batch_size: int, image_size: int, itemsize: int = 4) -> float:
         """Peak RSS of extracting batches of `batch_size` images (see extract_bytes)."""
-        weights = sum(t.numel() * t.element_size() for t in (*self.model.parameters(), *self.model.buffers()))
-        return extract_bytes(batch_size, image_size, weights, *self.probe(image_size), itemsize)
+        return extract_bytes(batch_size, image_size, self.weight_bytes(), *self.probe(image_size), itemsize)
 
     def dims(self, x: torch.Tensor) -> dict[str, int]:
         """Channels per layer for an input like `x` (runs one forward pass)."""
