@@ -15,7 +15,8 @@ from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods import get_method
 from anomaly_backbones.metrics import roc_auc, roc_auc_bytes, roc_curve
 from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import BASELINE_BYTES, check_memory, peak_rss_mb, read_json, run, write_json
+from anomaly_backbones.runner import (BASELINE_BYTES, check_memory, peak_rss_mb, read_json, replacing, run,
+                                      write_json)
 
 PREPARED, FEATURES = Path("data/prepared"), Path("data/features")
 
@@ -52,7 +53,8 @@ def main():
             "backbone_ms_per_image": train.meta["ms_per_image"],
             "roc": {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()},
         }
-        np.savez(out / f"{name}.npz", scores=scores.astype(np.float32), maps=maps.astype(np.float16))
+        with replacing(out / f"{name}.npz", "wb") as f:
+            np.savez(f, scores=scores.astype(np.float32), maps=maps.astype(np.float16))
         r = results["categories"][name]
         print(f"{method} {name}: image ROC-AUC {r['image_auroc']:.4f}, pixel ROC-AUC {r['pixel_auroc']:.4f}, "
               f"fit {r['fit_s']:.1f} s")

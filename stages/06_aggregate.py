@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import read_json, run, write_json
+from anomaly_backbones.runner import read_json, replacing, run, write_json
 
 METRICS = Path("metrics")
 
@@ -44,13 +44,13 @@ def main():
             rows.append({"method": method, "category": name, "backbone": feats["backbone"], "init": feats["init"],
                          **{k: (round(c[k], 6) if not math.isnan(c[k]) else "") for k in
                             ("image_auroc", "pixel_auroc", "fit_s", "predict_ms_per_image", "backbone_ms_per_image")}})
-            with open(roc_dir / f"{method}_{name}.csv", "w", newline="") as f:
+            with replacing(roc_dir / f"{method}_{name}.csv") as f:
                 w = csv.writer(f)
                 w.writerow(["fpr", "tpr"])
                 w.writerows(zip(c["roc"]["fpr"], c["roc"]["tpr"]))
     write_json(METRICS / "metrics.json", metrics)
     write_json(METRICS / "speed.json", speed)
-    with open(METRICS / "per_category.csv", "w", newline="") as f:
+    with replacing(METRICS / "per_category.csv") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)

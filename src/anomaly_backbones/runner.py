@@ -5,6 +5,7 @@ import json
 import os
 import resource
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -36,13 +37,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write-then-rename, so a reader never sees half a file."""
+@contextmanager
+def replacing(path: str | Path, mode: str = "w"):
+    """Open a new file that replaces `path` when the block ends (write, then rename).
+
+    A reader never sees half a file, and the old file's inode is never written: DVC links
+    outputs to its cache (.dvc/config: cache.type hardlink), so writing into an existing output
+    in place would change the cached copy too. Every stage output is written this way or into
+    a folder the stage removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    with replacing(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def available_bytes() -> int | None:

@@ -82,7 +82,27 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
                         f"values. Check init/weights (a corrupt checkpoint?) and input images.")
 
 
-__all__ = ["anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "maps_bytes", "resize_blur_matrix",
+class Scratch:
+    """Float32 work buffers reused from chunk to chunk of a loop, by name.
+
+    Why: on the project's machines the first touch of fresh memory costs about 8x the copy
+    into it (0.12 s per 256 MB against 0.015 s), and glibc maps every allocation above 32 MB
+    afresh; a chunked loop that allocates its chunk each time pays that on every chunk. A
+    buffer grows to the largest shape asked for and is freed with the Scratch."""
+
+    def __init__(self):
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous (shape) float32 view of buffer `name`; its contents are undefined."""
+        size = int(np.prod(shape))
+        buf = self._bufs.get(name)
+        if buf is None or buf.size < size:
+            self._bufs[name] = buf = np.empty(size, np.float32)
+        return buf[:size].reshape(shape)
+
+
+__all__ = ["Scratch", "anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "maps_bytes", "resize_blur_matrix",
            "upsample_blur"]
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..features import MAP_BYTES, FeatureSet
 from ..runner import BASELINE_BYTES, check_memory
-from .common import anomaly_maps, check_finite, maps_bytes, single_thread
+from .common import Scratch, anomaly_maps, check_finite, maps_bytes, single_thread
 
 EPS = 0.01
 
@@ -51,16 +51,17 @@ class PaDiM:
         self.grid = max((fs.shape(layer)[1:] for layer in self.layers), key=lambda s: s[0] * s[1])
         self.d = d
 
-    def _rows(self, fs: FeatureSet, r0: int, r1: int) -> torch.Tensor:
-        """(positions, N, d) embedding of grid rows r0:r1 for all images of a split.
+    def _rows(self, fs: FeatureSet, r0: int, r1: int, scratch: Scratch) -> torch.Tensor:
+        """(positions, N, d) embedding of grid rows r0:r1 for all images of a split (in `scratch`).
 
         Nearest upsampling is an index gather (src = floor(dst * in / out), as F.interpolate),
         so only the rows and the R_d channels a chunk needs are read from the cache, by image
         ranges (FeatureSet.groups). Each range is transposed once at its layer's resolution to
         (h, w, n, c); the gather to the grid then copies whole (n, c) blocks, so the batched
-        matmuls get their layout without a further copy."""
+        matmuls get their layout without a further copy. The chunk and the transposed range live
+        in buffers reused from chunk to chunk (Scratch)."""
         H, W = self.grid
-        out = np.empty((r1 - r0, W, len(fs), self.d), np.float32)
+        out = scratch.get("rows", (r1 - r0, W, len(fs), self.d))
         off = 0
         for layer in self.layers:
             ch = self.channels[layer]
@@ -73,9 +74,10 @@ class PaDiM:
             for sl in fs.groups(layer):
                 a = fs.array(layer)[sl, :, lo:hi]
                 a = a[:, ch] if len(ch) < a.shape[1] else a
-                a = np.ascontiguousarray(a.transpose(2, 3, 0, 1), dtype=np.float32)   # (rows, w, n, c)
+                t = scratch.get("transposed", (hi - lo, w, a.shape[0], len(ch)))
+                np.copyto(t, a.transpose(2, 3, 0, 1))   # (rows, w, n, c), float32 also from a float16 cache
                 for r, src in enumerate(ri - lo):      # row by row: numpy copies whole (n, c) blocks
-                    out[r, :, sl, off:off + len(ch)] = a[src] if ci is None else a[src][ci]
+                    out[r, :, sl, off:off + len(ch)] = t[src] if ci is None else t[src][ci]
             off += len(ch)
         out = torch.from_numpy(out.reshape(-1, len(fs), self.d))
         check_finite(out.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
@@ -124,8 +126,9 @@ class PaDiM:
         self.mean = torch.empty(self.d, H * W, dtype=torch.float32)
         self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
         eye = torch.eye(self.d) * EPS
+        scratch = Scratch()
         for r0, r1 in self._row_chunks(n):
-            xc = self._rows(train, r0, r1)                             # (p, n, d)
+            xc = self._rows(train, r0, r1, scratch)                    # (p, n, d)
             mu = xc.mean(1)                                            # (p, d)
             xc.sub_(mu.unsqueeze(1))
             cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
@@ -142,10 +145,12 @@ class PaDiM:
         """(N, h, w) Mahalanobis distances on the feature grid."""
         H, W = self.grid
         out = np.empty((len(test), H * W), np.float32)
+        scratch = Scratch()
         for r0, r1 in self._row_chunks(len(test)):
             sl = slice(r0 * W, r1 * W)
-            delta = self._rows(test, r0, r1).sub_(self.mean[:, sl].T.unsqueeze(1))  # (p, N, d)
-            m = torch.bmm(delta, self.inv_cov[sl]).mul_(delta)   # in place: two (p, N, d) arrays, not three
+            delta = self._rows(test, r0, r1, scratch).sub_(self.mean[:, sl].T.unsqueeze(1))  # (p, N, d)
+            m = torch.from_numpy(scratch.get("product", tuple(delta.shape)))
+            torch.bmm(delta, self.inv_cov[sl], out=m).mul_(delta)   # in place: two (p, N, d) arrays, not three
             out[:, sl] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
             del delta, m  # not alive while the next chunk is read
         return out.reshape(-1, H, W)
