@@ -80,15 +80,14 @@ def run_extract(case: str, batch_size: int = 32) -> dict:
 
     backbone, layers, batches, engine = EXTRACT[case]
     bb = load_backbone(backbone, "random", 1024)
-    ext, _ = make_extractor(bb.model, layers, bb.name, engine, 224)
+    ext, _ = make_extractor(bb.model, layers, bb.name, engine, 224, (0.5,) * 3, (0.25,) * 3)
     estimate = ext.estimate_bytes(batch_size, 224, 4)
     images = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         w = FeatureWriter(tmp, {"layers": layers})
-        for i in range(batches):  # as stages/03_extract.py: uint8 -> normalized float -> engine -> writer
-            x = torch.from_numpy(images).permute(0, 3, 1, 2)
-            feats = ext((x.float() / 255.0 - 0.5) / 0.25)
+        for i in range(batches):  # as stages/03_extract.py: uint8 images -> engine (normalizes) -> writer
+            feats = ext.pixels(images)
             if i == 0:
                 w.open("train", batch_size * batches, {k: tuple(v.shape[1:]) for k, v in feats.items()})
             w.write("train", feats)

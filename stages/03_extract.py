@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomaly_backbones.backbones import load_backbone, normalize, resolve_layers
+from anomaly_backbones.backbones import load_backbone, resolve_layers
 from anomaly_backbones.backbones.ort_extractor import make_extractor
 from anomaly_backbones.data.prepare import load_prepared
 from anomaly_backbones.features import FeatureWriter
@@ -23,20 +23,19 @@ from anomaly_backbones.runner import check_memory, peak_rss_mb, read_json, run, 
 PREPARED, OUT = Path("data/prepared"), Path("data/features")
 
 
-def extract_split(ext, images: np.ndarray, mean, std, batch_size: int, writer: FeatureWriter, split: str, desc: str):
-    """Forward all images of a split in batches; returns forward seconds (without I/O)."""
+def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWriter, split: str, desc: str):
+    """Forward all images of a split in batches; returns forward seconds (normalization included, I/O not)."""
     forward_s = 0.0
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for s in range(0, len(images), batch_size):
-            x = normalize(torch.from_numpy(np.array(images[s:s + batch_size])).permute(0, 3, 1, 2),
-                          mean, std)
+            batch = np.array(images[s:s + batch_size])
             t = time.perf_counter()
-            feats = ext(x)
+            feats = ext.pixels(batch)
             forward_s += time.perf_counter() - t
             if s == 0:
                 writer.open(split, len(images), {k: tuple(v.shape[1:]) for k, v in feats.items()})
             writer.write(split, feats)
-            bar.update(len(x))
+            bar.update(len(batch))
     return forward_s
 
 
@@ -50,7 +49,7 @@ def main():
     ex = p.get("extract", {})
     batch_size, dtype = int(ex.get("batch_size", 32)), ex.get("dtype", "float32")
     size = p["data"]["crop"]
-    ext, engine = make_extractor(bb.model, layers + extra, bb.name, ex.get("engine", "auto"), size)
+    ext, engine = make_extractor(bb.model, layers + extra, bb.name, ex.get("engine", "auto"), size, bb.mean, bb.std)
     check_memory(ext.estimate_bytes(batch_size, size, np.dtype(dtype).itemsize),
                  f"extract {bb.name} (layers {layers + extra}, batches of {batch_size} images of {size} px)",
                  "lower `extract.batch_size` (memory grows with it).")
@@ -65,8 +64,7 @@ def main():
         times = {}
         for split in ("train", "test"):
             images = load_prepared(PREPARED / name, f"{split}_images")
-            times[split] = extract_split(ext, images, bb.mean, bb.std, batch_size, writer, split,
-                                         f"extract {bb.name} {name} {split}")
+            times[split] = extract_split(ext, images, batch_size, writer, split, f"extract {bb.name} {name} {split}")
         writer.meta["ms_per_image"] = 1000.0 * times["test"] / max(1, c["test"])
         writer.close()
         size = sum(f.stat().st_size for f in (OUT / name).rglob("*.npy"))

@@ -42,6 +42,7 @@ def main():
         t1 = time.perf_counter()
         scores, maps = m.predict(test)
         t2 = time.perf_counter()
+        del m   # the fitted model (PaDiM: GBs of inverse covariances for large d) is not needed for ROC-AUC
         labels = np.array([int(r["label"]) for r in read_samples(PREPARED / name) if r["split"] == "test"])
         masks = load_prepared(PREPARED / name, "test_masks", mmap=False)
         fpr, tpr = roc_curve(labels, scores)

@@ -13,9 +13,12 @@ from anomaly_backbones.backbones.ort_extractor import OnnxExtractor, make_extrac
 from anomaly_backbones.errors import UserError
 
 
-def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    return torch.from_numpy(rng.integers(0, 256, size=(n, 3, size, size), dtype=np.uint8))
+def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 3) uint8, as the prepared images the extract stage reads."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 @pytest.mark.parametrize("name,layers", [("tf_efficientnet_lite0", "auto"),        # TF "same" padding
@@ -23,12 +26,13 @@ def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def test_onnx_features_equal_eager_for_every_batch_size(name, layers):
     bb = load_backbone(name, "imagenet" if name.startswith("tf_") else "random", 1024)
     layers = resolve_layers(name, layers)
-    ext, engine = make_extractor(bb.model, layers, bb.name, "onnx", 64)
+    ext, engine = make_extractor(bb.model, layers, bb.name, "onnx", 64, bb.mean, bb.std)
     assert engine == "onnx" and isinstance(ext, OnnxExtractor)
     eager = FeatureExtractor(bb.model, layers)
     for n in (1, 5):                                    # the batch axis is dynamic
-        x = normalize(_images(n, 64, seed=n), bb.mean, bb.std)
-        want, got = eager(x), ext(x)
+        x = _images(n, 64, seed=n)                      # the graph normalizes as `normalize` does
+        want = eager(normalize(torch.from_numpy(x).permute(0, 3, 1, 2), bb.mean, bb.std))
+        got = ext.pixels(x)
         assert list(got) == layers
         for layer in layers:
             assert got[layer].shape == want[layer].shape and got[layer].dtype == torch.float32
@@ -49,23 +53,24 @@ def _toy(mid: nn.Module) -> nn.Module:
 
 def test_auto_falls_back_to_eager_and_says_so(capsys):
     model = _toy(_Branchy())
-    ext, engine = make_extractor(model, ["0", "2"], "toynet", "auto", 16)
+    ext, engine = make_extractor(model, ["0", "2"], "toynet", "auto", 16, MEAN, STD)
     assert engine == "eager" and isinstance(ext, FeatureExtractor)
     assert "note: extracting toynet with eager PyTorch" in capsys.readouterr().out
-    assert ext(torch.ones(1, 3, 16, 16))["2"].shape == (1, 4, 4, 4)
+    assert ext.pixels(_images(1, 16))["2"].shape == (1, 4, 4, 4)
     with pytest.raises(UserError, match="toynet.*cannot be traced.*extract.engine=eager"):
-        make_extractor(model, ["0", "2"], "toynet", "onnx", 16)
+        make_extractor(model, ["0", "2"], "toynet", "onnx", 16, MEAN, STD)
 
 
 def test_traceable_toy_runs_on_onnx_with_auto():
-    ext, engine = make_extractor(_toy(nn.ReLU()), ["0", "2"], "toynet", "auto", 16)
+    ext, engine = make_extractor(_toy(nn.ReLU()), ["0", "2"], "toynet", "auto", 16, MEAN, STD)
     assert engine == "onnx"
-    x = torch.randn(3, 3, 16, 16)
-    assert torch.allclose(ext(x)["2"], FeatureExtractor(_toy(nn.ReLU()), ["0", "2"])(x)["2"], atol=1e-5)
+    x = _images(3, 16)
+    want = FeatureExtractor(_toy(nn.ReLU()), ["0", "2"], MEAN, STD).pixels(x)["2"]
+    assert torch.allclose(ext.pixels(x)["2"], want, atol=1e-5)
 
 
 def test_an_export_that_disagrees_is_refused():
-    ext, _ = make_extractor(_toy(nn.ReLU()), ["0", "2"], "toynet", "onnx", 16)
+    ext, _ = make_extractor(_toy(nn.ReLU()), ["0", "2"], "toynet", "onnx", 16, MEAN, STD)
     real = ext.session
 
     class Off:                                           # a session whose second output is off by 1 %
@@ -80,6 +85,6 @@ def test_an_export_that_disagrees_is_refused():
 
 def test_unknown_engine_and_unknown_layer_are_user_errors():
     with pytest.raises(UserError, match="extract.engine.*'tensorrt'.*auto, onnx, eager"):
-        make_extractor(_toy(nn.ReLU()), ["0"], "toynet", "tensorrt", 16)
+        make_extractor(_toy(nn.ReLU()), ["0"], "toynet", "tensorrt", 16, MEAN, STD)
     with pytest.raises(UserError, match="not found in the backbone"):
-        make_extractor(_toy(nn.ReLU()), ["7"], "toynet", "onnx", 16)
+        make_extractor(_toy(nn.ReLU()), ["7"], "toynet", "onnx", 16, MEAN, STD)

@@ -16,6 +16,28 @@ def test_roc_auc_matches_sklearn_with_ties(n, decimals, positives):
     assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
+@pytest.mark.parametrize("positives", [0.1, 0.9])
+def test_roc_auc_sums_over_sort_chunks(monkeypatch, positives):
+    """The larger class is sorted by chunks (the real size is 8.4M keys): counts of scores below
+    and tied with each needle must add up across chunks, ties straddling a chunk border included."""
+    import anomaly_backbones.metrics as m
+
+    rng = np.random.default_rng(7)
+    y = rng.random(20_000) < positives
+    s = np.round(rng.normal(size=y.size) + y, 1).astype(np.float32)   # ~60 distinct values: many ties
+    want = roc_auc(y, s)
+    monkeypatch.setattr(m, "SORT_CHUNK", 777)
+    assert m.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m.roc_auc(y, s) == pytest.approx(want, abs=1e-12)
+
+
+def test_roc_auc_leaves_its_inputs_alone():
+    s = np.array([-0.0, 0.5, -1.5, 2.0], np.float32)
+    before = s.copy()
+    roc_auc(np.array([0, 1, 0, 1], bool), s)
+    assert np.array_equal(s.view(np.int32), before.view(np.int32))
+
+
 def test_roc_auc_hand_example_and_signed_zero():
     # pairs (pos, neg): 0.0 vs -0.0 tie (1/2), 0.0 vs -1 (1), 1 vs both (2) -> 3.5 / 4
     assert roc_auc([0, 1, 0, 1], [-0.0, 0.0, -1.0, 1.0]) == 0.875

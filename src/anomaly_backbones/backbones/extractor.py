@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +54,7 @@ def _valid_names_hint(names: list[str], bad: str) -> str:
 
 class FeatureExtractor:
     """ext = FeatureExtractor(model, ["layer1", "layer2"]); feats = ext(x) -> {layer: (B, C, h, w)}.
+    Given the backbone's mean and std, ext.pixels(images) takes the prepared (B, H, W, 3) uint8 images.
 
     For a module that runs more than once in a forward pass the first output is taken. Outputs of
     layers other than the last one are cloned, so later in-place ops (ReLU(inplace=True)) cannot
@@ -61,7 +63,8 @@ class FeatureExtractor:
     The forward pass runs under inference_mode (no autograd bookkeeping).
     """
 
-    def __init__(self, model: nn.Module, layers):
+    def __init__(self, model: nn.Module, layers, mean=None, std=None):
+        self.mean, self.std = mean, std
         if isinstance(layers, str):
             layers = [layers]
         layers = list(layers)
@@ -116,6 +119,12 @@ class FeatureExtractor:
             raise UserError(f"layer(s) {never} exist but never ran in the forward pass (e.g. auxiliary heads). "
                             f"Fix `layers`: choose modules on the main path.")
         return {n: captured[n] for n in self.layers}
+
+    def pixels(self, images: np.ndarray) -> dict[str, torch.Tensor]:
+        """Features of (B, H, W, 3) uint8 images, normalized with the mean and std given."""
+        if self.mean is None or self.std is None:
+            raise ValueError("FeatureExtractor.pixels needs the backbone's mean and std")
+        return self(normalize(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2), self.mean, self.std))
 
     def probe(self, image_size: int) -> tuple[int, int, int]:
         """(largest module output, all hooked outputs, largest hooked output) in elements per

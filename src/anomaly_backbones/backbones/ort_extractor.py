@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .extractor import FeatureExtractor, extract_bytes
+from .extractor import FeatureExtractor, extract_bytes, normalize
 
 ENGINES = ("auto", "onnx", "eager")
 ORT_BATCH = 8    # images per ONNX Runtime call: its arena keeps every activation of a call, so a batch of
@@ -58,20 +58,24 @@ def ort_session(path: str | Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-class _Ordered(nn.Module):
-    """The fx trunk's dict as a tuple in `layers` order: ONNX outputs are positional."""
+class _Pixels(nn.Module):
+    """uint8 (B, H, W, 3) images -> the fx trunk's features as a tuple in `layers` order (ONNX
+    outputs are positional). The normalization is part of the graph: ONNX Runtime casts and
+    normalizes in its own arena, 25 % faster over the extract loop than feeding it float
+    tensors normalized by torch, with the same bits (the same IEEE operations, `normalize`)."""
 
-    def __init__(self, body: nn.Module, layers: list[str]):
+    def __init__(self, body: nn.Module, layers: list[str], mean, std):
         super().__init__()
-        self.body, self.layers = body, list(layers)
+        self.body, self.layers, self.mean, self.std = body, list(layers), mean, std
 
-    def forward(self, x: torch.Tensor):
-        out = self.body(x)
+    def forward(self, images: torch.Tensor):
+        out = self.body(normalize(images.permute(0, 3, 1, 2), self.mean, self.std))
         return tuple(out[layer] for layer in self.layers)
 
 
 class OnnxExtractor:
-    """Same call as FeatureExtractor: feats = ext(x) -> {layer: (B, C, h, w)} float32, batch of any size.
+    """Same call as FeatureExtractor.pixels: feats = ext.pixels(images) -> {layer: (B, C, h, w)} float32,
+    from (B, H, W, 3) uint8 images, batch of any size.
 
     Exported with torch's TorchScript-based exporter (about 1.5 s for tf_efficientnet_lite0; the
     dynamo exporter takes ~10 s, which a cold run would pay every time), dynamic batch axis. The
@@ -80,14 +84,14 @@ class OnnxExtractor:
     def __init__(self, eager: FeatureExtractor, name: str, image_size: int, threads: int | None = None):
         self.layers = list(eager.layers)
         self.eager = eager
-        body = _Ordered(trunk(eager.model, self.layers, name), self.layers).eval()
+        body = _Pixels(trunk(eager.model, self.layers, name), self.layers, eager.mean, eager.std).eval()
         threads = threads or len(os.sched_getaffinity(0))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "trunk.onnx"
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")  # the exporter's deprecation notice, not the user's concern
-                    torch.onnx.export(body, (torch.zeros(1, 3, image_size, image_size),), str(path),
+                    torch.onnx.export(body, (torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8),), str(path),
                                       dynamo=False, input_names=["image"],
                                       output_names=[f"feature{i}" for i in range(len(self.layers))],
                                       dynamic_axes={"image": {0: "batch"}})
@@ -98,8 +102,8 @@ class OnnxExtractor:
                                 f"use eager PyTorch for it: `extract.engine=eager`.") from None
         self.check(name, image_size)
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    def pixels(self, images: np.ndarray) -> dict[str, torch.Tensor]:
+        x = np.ascontiguousarray(images, dtype=np.uint8)
         parts = [self.session.run(None, {"image": x[s:s + ORT_BATCH]}) for s in range(0, len(x), ORT_BATCH)]
         return {layer: torch.from_numpy(parts[0][i] if len(parts) == 1 else np.concatenate([p[i] for p in parts]))
                 for i, layer in enumerate(self.layers)}
@@ -107,8 +111,8 @@ class OnnxExtractor:
     def check(self, name: str, image_size: int) -> None:
         """An export that runs but computes something else must not fill the cache: on two seeded
         random images every layer must match eager PyTorch within CHECK_TOL of its largest value."""
-        x = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 4 - 2
-        want, got = self.eager(x), self(x)
+        x = np.random.default_rng(0).integers(0, 256, (2, image_size, image_size, 3), dtype=np.uint8)
+        want, got = self.eager.pixels(x), self.pixels(x)
         for layer in self.layers:
             scale = float(want[layer].abs().max()) or 1.0
             err = float((got[layer] - want[layer]).abs().max()) / scale
@@ -127,11 +131,12 @@ class OnnxExtractor:
                 + ORT_ARENA * 4.0 * min(batch_size, ORT_BATCH) * largest)
 
 
-def make_extractor(model: nn.Module, layers: list[str], name: str, engine: str, image_size: int):
-    """(extractor, engine used) for `extract.engine`; auto tries ONNX Runtime, then eager."""
+def make_extractor(model: nn.Module, layers: list[str], name: str, engine: str, image_size: int, mean, std):
+    """(extractor, engine used) for `extract.engine`; auto tries ONNX Runtime, then eager. Either
+    one's .pixels(uint8 (B, H, W, 3) images) normalizes with mean and std and returns the features."""
     if engine not in ENGINES:
         raise UserError(f"`extract.engine` is {engine!r}; choose one of {', '.join(ENGINES)}.")
-    eager = FeatureExtractor(model, layers)   # validates the layer names first, for every engine
+    eager = FeatureExtractor(model, layers, mean, std)   # validates the layer names first, for every engine
     if engine == "eager":
         return eager, "eager"
     try:

@@ -22,15 +22,27 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..features import MAP_BYTES, FeatureSet
 from ..runner import BASELINE_BYTES, check_memory
-from .common import Scratch, anomaly_maps, check_finite, maps_bytes, single_thread
+from .common import Scratch, across_cores, anomaly_maps, check_finite, maps_bytes
 
 EPS = 0.01
+
+
+def _inverse(cov: torch.Tensor) -> torch.Tensor:
+    """Inverses of a batch of covariances: Cholesky, and the pseudo-inverse for each matrix that
+    is not positive definite. Matrix by matrix, so the result never depends on how the batch
+    is split (across_cores)."""
+    L, info = torch.linalg.cholesky_ex(cov)
+    inv = torch.cholesky_inverse(L)
+    bad = info != 0
+    if bool(bad.any()):
+        inv[bad] = torch.linalg.pinv(cov[bad], hermitian=True)
+    return inv
 
 
 class PaDiM:
     def __init__(self, params: dict, layers: list[str], seed: int):
         self.d_param = params.get("d", "auto")
-        self.budget_bytes = float(params.get("chunk_mb", 256)) * 2**20
+        self.budget_bytes = float(params.get("chunk_mb", 128)) * 2**20
         self.sigma = float(params.get("sigma", 4.0))
         self.layers = list(layers)
         self.seed = int(seed)
@@ -133,12 +145,9 @@ class PaDiM:
             xc.sub_(mu.unsqueeze(1))
             cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
             del xc
-            with single_thread():
-                L, info = torch.linalg.cholesky_ex(cov)
-                inv = torch.cholesky_inverse(L) if int(info.max()) == 0 else torch.linalg.pinv(cov, hermitian=True)
             self.mean[:, r0 * W:r1 * W] = mu.T
-            self.inv_cov[r0 * W:r1 * W] = inv
-            del cov, L, inv  # not alive while the next chunk is read
+            self.inv_cov[r0 * W:r1 * W] = across_cores(_inverse, cov)
+            del cov  # not alive while the next chunk is read
 
     # -- predict -----------------------------------------------------------------------
     def distances(self, test: FeatureSet) -> np.ndarray:
