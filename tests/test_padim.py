@@ -9,11 +9,12 @@ from anomaly_backbones.methods.padim import PaDiM
 from conftest import make_cache
 
 
-def _cache(tmp_path, n=12, m=5, seed=0):
+def _cache(tmp_path, n=12, m=5, seed=0, big=4, small=2):
     rng = np.random.default_rng(seed)
-    l1 = (rng.normal(size=(n, 6, 4, 4)).astype(np.float32), rng.normal(size=(m, 6, 4, 4)).astype(np.float32))
-    l2 = (rng.normal(size=(n, 5, 2, 2)).astype(np.float32), rng.normal(size=(m, 5, 2, 2)).astype(np.float32))
-    l2[1][0, :, 1, 1] += 6.0  # an anomaly in test image 0, lower-right quadrant
+    l1 = (rng.normal(size=(n, 6, big, big)).astype(np.float32), rng.normal(size=(m, 6, big, big)).astype(np.float32))
+    l2 = (rng.normal(size=(n, 5, small, small)).astype(np.float32),
+          rng.normal(size=(m, 5, small, small)).astype(np.float32))
+    l2[1][0, :, -1, -1] += 6.0  # an anomaly in test image 0, lower-right corner
     return make_cache(tmp_path / "c", {"a": l1[0], "b": l2[0]}, {"a": l1[1], "b": l2[1]}, image_size=16)[0].dir
 
 
@@ -22,7 +23,8 @@ def _brute_force(cache, layers, idx):
     def embed(split):
         fs = FeatureSet(cache, split)
         a = torch.from_numpy(np.array(fs.array("a")))
-        b = torch.nn.functional.interpolate(torch.from_numpy(np.array(fs.array("b"))), size=(4, 4), mode="nearest")
+        b = torch.nn.functional.interpolate(torch.from_numpy(np.array(fs.array("b"))), size=a.shape[-2:],
+                                            mode="nearest")
         e = torch.cat([a, b], 1).numpy().astype(np.float64)[:, idx]
         return e.reshape(e.shape[0], e.shape[1], -1)
     tr, te = embed("train"), embed("test")
@@ -33,12 +35,14 @@ def _brute_force(cache, layers, idx):
         inv = np.linalg.inv(cov)
         dlt = te[:, :, p] - x.mean(0)
         out[:, p] = np.sqrt(np.einsum("nd,de,ne->n", dlt, inv, dlt))
-    return out.reshape(-1, 4, 4)
+    side = int(round(tr.shape[2] ** 0.5))
+    return out.reshape(-1, side, side)
 
 
+@pytest.mark.parametrize("big,small", [(4, 2), (5, 3)])   # nearest upsampling by 2, and by 5/3 (a gather)
 @pytest.mark.parametrize("d", [11, 7])
-def test_padim_matches_brute_force_definition(tmp_path, d):
-    cache = _cache(tmp_path)
+def test_padim_matches_brute_force_definition(tmp_path, d, big, small):
+    cache = _cache(tmp_path, big=big, small=small)
     m = PaDiM({"d": d, "chunk_mb": 0.0005}, ["a", "b"], seed=1024)
     m.fit(FeatureSet(cache, "train"))
     got = m.distances(FeatureSet(cache, "test"))

@@ -15,9 +15,10 @@ grid. fit_bytes/predict_bytes estimate the whole peak, which the memory guards c
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 from ..features import MAP_BYTES, FeatureSet
@@ -25,6 +26,18 @@ from ..runner import BASELINE_BYTES, check_memory
 from .common import Scratch, across_cores, anomaly_maps, check_finite, maps_bytes
 
 EPS = 0.01
+
+
+def _upsample_into(dst: torch.Tensor, row: torch.Tensor) -> None:
+    """dst (W, n, c) = row (w, n, c) upsampled along its first axis by nearest neighbour
+    (src = floor(x * w / W), as F.interpolate). An integer factor is a broadcast copy into a
+    view of dst (no temporary); another ratio gathers the source columns first."""
+    W, w = dst.shape[0], row.shape[0]
+    if W % w == 0:
+        f = W // w
+        dst.view(w, f, *dst.shape[1:]).copy_(row.unsqueeze(1).expand(w, f, *row.shape[1:]))
+    else:
+        dst.copy_(row.index_select(0, torch.arange(W) * w // W))
 
 
 def _inverse(cov: torch.Tensor) -> torch.Tensor:
@@ -73,7 +86,7 @@ class PaDiM:
         matmuls get their layout without a further copy. The chunk and the transposed range live
         in buffers reused from chunk to chunk (Scratch)."""
         H, W = self.grid
-        out = scratch.get("rows", (r1 - r0, W, len(fs), self.d))
+        out = torch.from_numpy(scratch.get("rows", (r1 - r0, W, len(fs), self.d)))
         off = 0
         for layer in self.layers:
             ch = self.channels[layer]
@@ -81,17 +94,21 @@ class PaDiM:
                 continue
             _, h, w = fs.shape(layer)
             ri = (np.arange(r0, r1) * h) // H
-            ci = None if w == W else (np.arange(W) * w) // W
             lo, hi = int(ri.min()), int(ri.max()) + 1
+            subset = torch.from_numpy(ch) if len(ch) < fs.shape(layer)[0] else None
             for sl in fs.groups(layer):
-                a = fs.array(layer)[sl, :, lo:hi]
-                a = a[:, ch] if len(ch) < a.shape[1] else a
-                t = scratch.get("transposed", (hi - lo, w, a.shape[0], len(ch)))
-                np.copyto(t, a.transpose(2, 3, 0, 1))   # (rows, w, n, c), float32 also from a float16 cache
-                for r, src in enumerate(ri - lo):      # row by row: numpy copies whole (n, c) blocks
-                    out[r, :, sl, off:off + len(ch)] = t[src] if ci is None else t[src][ci]
+                with warnings.catch_warnings():   # a read-only cache map: torch only reads it
+                    warnings.simplefilter("ignore", UserWarning)
+                    a = torch.from_numpy(np.asarray(fs.array(layer)[sl, :, lo:hi]))
+                if subset is not None:
+                    a = a.index_select(1, subset)
+                t = torch.from_numpy(scratch.get("transposed", (hi - lo, w, a.shape[0], len(ch))))
+                t.copy_(a.permute(2, 3, 0, 1))   # (rows, w, n, c), float32 from any cache dtype
+                dst = out[:, :, sl, off:off + len(ch)]
+                for r, src in enumerate(ri - lo):      # row by row: whole (n, c) blocks, torch copies on all cores
+                    _upsample_into(dst[r], t[src])
             off += len(ch)
-        out = torch.from_numpy(out.reshape(-1, len(fs), self.d))
+        out = out.view(-1, len(fs), self.d)
         check_finite(out.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
         return out
 
