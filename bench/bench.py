@@ -146,7 +146,7 @@ def main():
               f"| {peer[1]} | {peer[2]} | {peak:.2f} | {peer[3]} | {peer[4]} | {floor:.1f} | {cold / floor:.2f} "
               f"| {own:.1f} ({engine}) | {cold / own:.2f} | {warm:.1f} | {warm / cold:.2f} |")
     print(f"\nmachine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{a.repeat} cold runs per setting")
+          f"{a.repeat} cold run{'s' if a.repeat > 1 else ''} per setting")
 
 
 if __name__ == "__main__":
