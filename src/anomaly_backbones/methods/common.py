@@ -107,9 +107,10 @@ __all__ = ["Scratch", "anomaly_maps", "blur", "check_finite", "gaussian_kernel1d
            "upsample_blur", "across_cores"]
 
 
-def across_cores(fn, batch: torch.Tensor) -> torch.Tensor:
-    """fn over the leading (batch) axis of `batch`, one slice per core, each on its own thread with
-    torch single-threaded; results concatenated in order, the same bits as fn(batch).
+def across_cores(fn, batch: torch.Tensor, out: torch.Tensor) -> None:
+    """out = fn(batch) over the leading (batch) axis, one slice per core, each on its own thread
+    with torch single-threaded, each slice's result copied into its part of `out` (the same bits
+    as fn(batch) when fn treats batch items independently; no concatenated copy of the whole).
 
     For batched small-matrix LAPACK (thousands of d x d Cholesky factors): MKL parallelizes inside
     each tiny matrix, not across the batch, so its own threads do not help (measured: the same
@@ -121,8 +122,10 @@ def across_cores(fn, batch: torch.Tensor) -> torch.Tensor:
     torch.set_num_threads(1)
     try:
         if workers <= 1:
-            return fn(batch)
+            out.copy_(fn(batch))
+            return
         with ThreadPoolExecutor(workers) as pool:
-            return torch.cat(list(pool.map(fn, torch.tensor_split(batch, workers))))
+            list(pool.map(lambda io: io[1].copy_(fn(io[0])),
+                          zip(torch.tensor_split(batch, workers), torch.tensor_split(out, workers))))
     finally:
         torch.set_num_threads(n)
