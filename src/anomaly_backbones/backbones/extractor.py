@@ -124,7 +124,10 @@ class FeatureExtractor:
         """Features of (B, H, W, 3) uint8 images, normalized with the mean and std given."""
         if self.mean is None or self.std is None:
             raise ValueError("FeatureExtractor.pixels needs the backbone's mean and std")
-        return self(normalize(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2), self.mean, self.std))
+        x = np.ascontiguousarray(images)
+        if not x.flags.writeable:   # a read-only map: torch.from_numpy shares memory, so copy it
+            x = x.copy()
+        return self(normalize(torch.from_numpy(x).permute(0, 3, 1, 2), self.mean, self.std))
 
     def probe(self, image_size: int) -> tuple[int, int, int]:
         """(largest module output, all hooked outputs, largest hooked output) in elements per
