@@ -72,7 +72,6 @@ def run_extract(case: str, batch_size: int = 32) -> dict:
     import tempfile
 
     import numpy as np
-    import torch
 
     from anomaly_backbones.backbones import load_backbone
     from anomaly_backbones.backbones.ort_extractor import make_extractor

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import check_memory, read_json, run, write_json
+from anomaly_backbones.runner import check_memory, read_json, run, usable_cpus, write_json
 
 PREPARED, FEATURES, OUT = Path("data/prepared"), Path("data/features"), Path("metrics/latency.json")
 
@@ -58,7 +58,7 @@ def measure(p, bb, train, cat, head, runs, warmup):
     images = load_prepared(PREPARED / cat, "test_images", mmap=False)
     inputs = [torch.from_numpy(np.ascontiguousarray(images[i:i + 1])).permute(0, 3, 1, 2).contiguous()
               for i in range(len(images))]
-    threads_all = len(os.sched_getaffinity(0))
+    threads_all = usable_cpus()
     load_1m = os.getloadavg()[0]   # other work on the CPUs: "all threads" suffers most from it
     res = {"eager_1t": eager_ms(scorer, inputs, 1, runs, warmup),
            "eager_all": eager_ms(scorer, inputs, threads_all, runs, warmup)}

@@ -61,6 +61,11 @@ def write_json(path: str | Path, obj) -> None:
         f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (Linux); None where unknown."""
     try:

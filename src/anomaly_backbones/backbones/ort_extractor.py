@@ -12,7 +12,6 @@ eager PyTorch, said in the log and recorded in the feature cache's stats).
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..runner import usable_cpus
 from .extractor import FeatureExtractor, extract_bytes, normalize
 
 ENGINES = ("auto", "onnx", "eager")
@@ -85,7 +85,7 @@ class OnnxExtractor:
         self.layers = list(eager.layers)
         self.eager = eager
         body = _Pixels(trunk(eager.model, self.layers, name), self.layers, eager.mean, eager.std).eval()
-        threads = threads or len(os.sched_getaffinity(0))
+        threads = threads or usable_cpus()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "trunk.onnx"
             try:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..runner import usable_cpus
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -116,8 +117,7 @@ def across_cores(fn, batch: torch.Tensor, out: torch.Tensor) -> None:
     each tiny matrix, not across the batch, so its own threads do not help (measured: the same
     0.11 s on 1 and 2 threads for 1008 80x80 factors and inverses; with a second busy process on
     a 2-core machine 20-70x slower), while two slices on two threads take 0.066 s."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                  batch.shape[0])
+    workers = min(usable_cpus(), batch.shape[0])
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -92,10 +92,10 @@ class PaDiM:
             ch = self.channels[layer]
             if len(ch) == 0:
                 continue
-            _, h, w = fs.shape(layer)
+            c, h, w = fs.shape(layer)
             ri = (np.arange(r0, r1) * h) // H
             lo, hi = int(ri.min()), int(ri.max()) + 1
-            subset = torch.from_numpy(ch) if len(ch) < fs.shape(layer)[0] else None
+            subset = torch.from_numpy(ch) if len(ch) < c else None
             for sl in fs.groups(layer):
                 with warnings.catch_warnings():   # a read-only cache map: torch only reads it
                     warnings.simplefilter("ignore", UserWarning)
