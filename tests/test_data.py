@@ -70,6 +70,19 @@ def test_image_modes_become_rgb(tmp_path):
     assert g.shape == (16, 16, 3) and abs(int(g[..., 1].mean()) - 77) <= 2
 
 
+def test_gray_images_resize_to_the_same_bytes_as_their_rgb_conversion(tmp_path):
+    """Gray images are resized on one channel and replicated: byte for byte what converting to
+    RGB first and resizing three channels gives (a textured image, down- and upsampled)."""
+    rng = np.random.default_rng(0)
+    gray = (np.add.outer(np.arange(61) * 3, np.arange(83) * 2) % 256 + rng.integers(0, 40, (61, 83))) % 256
+    Image.fromarray(gray.astype(np.uint8), "L").save(tmp_path / "gray.png")
+    for resize, crop in ((32, 28), (256, 224)):
+        got, _ = load_image(tmp_path / "gray.png", resize, crop)
+        rgb = Image.open(tmp_path / "gray.png").convert("RGB").resize((resize, resize), Image.BILINEAR)
+        o = (resize - crop) // 2
+        assert np.array_equal(got, np.asarray(rgb)[o:o + crop, o:o + crop]), (resize, crop)
+
+
 def test_corrupt_truncated_and_missing_images_are_named(tmp_path):
     good = tmp_path / "x.png"
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(good)

@@ -48,6 +48,8 @@ def load_image(path: Path, resize: int, crop: int) -> tuple[np.ndarray, tuple[in
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
         im = Image.alpha_composite(bg, im)
+    if im.mode == "L":  # gray: resize one channel, then replicate it (the same bytes, a third of the work)
+        return np.asarray(_resize_crop(im, resize, crop, Image.BILINEAR).convert("RGB")), size
     im = im.convert("RGB")
     return np.asarray(_resize_crop(im, resize, crop, Image.BILINEAR)), size
 
