@@ -46,15 +46,43 @@ DEFAULT_SETTINGS = "blocks.1/2/4 d=100,blocks.0/1/2 d=80"
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def timed(cmd, cwd) -> tuple[float, float, str]:
+def timed(cmd, cwd, env=ENV) -> tuple[float, float, str]:
     """Wall seconds and peak RSS (GB, largest child process) of a command."""
     t = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M"] + cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    r = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M"] + cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if r.returncode:
         raise SystemExit(f"{cmd} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     rss = max((int(x) for x in re.findall(r"MAXRSS (\d+)", r.stderr)), default=0) / 2**20
     return wall, rss, r.stdout
+
+
+STAGE_SHIM = """#!{python}
+import subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.call([{python!r}] + sys.argv[1:])
+with open({log!r}, "a") as f:
+    f.write(f"{{time.perf_counter() - t}} {{' '.join(sys.argv[1:])}}\\n")
+sys.exit(rc)
+"""
+
+
+def timed_stages(cmd, cwd, shim_dir: Path) -> tuple[float, dict[str, float]]:
+    """Wall seconds of a `dvc repro` and of each stage process in it: the stages' commands
+    (`python stages/...`) find a `python` first on PATH that times the real one. What is left,
+    total minus the stages, is DVC's own time: start-up, checking deps, hashing and linking outputs."""
+    log = shim_dir / "stages.log"
+    log.unlink(missing_ok=True)
+    shim = shim_dir / "python"
+    shim.write_text(STAGE_SHIM.format(python=sys.executable, log=str(log)))
+    shim.chmod(0o755)
+    wall, _, _ = timed(cmd, cwd, {**ENV, "PATH": f"{shim_dir}{os.pathsep}{ENV['PATH']}"})
+    stages = {}
+    for line in log.read_text().splitlines():
+        seconds, script, *args = line.split()
+        name = Path(script).stem.split("_", 1)[-1] + "".join(f"@{a}" for a in args)
+        stages[name] = stages.get(name, 0.0) + float(seconds)
+    return wall, stages
 
 
 def peak_of_stages(clone: Path) -> float:
@@ -102,7 +130,7 @@ def main():
     ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated subset of: " + ", ".join(SETTINGS))
     ap.add_argument("--repeat", type=int, default=3, help="cold runs per setting (median quoted)")
     a = ap.parse_args()
-    rows = []
+    rows, breakdown = [], []
     for name in a.settings.split(","):
         backbone, init, layers, d, ref = SETTINGS[name.strip()]
         # latency.runs=0: the deployment-latency stage (ONNX export, batch-1 timings) is a
@@ -110,16 +138,21 @@ def main():
         params = {"data.dataset": "mtd", "data.root": str(Path(a.mtd).resolve()), "backbone": backbone,
                   "init": init, "layers": layers, "padim.d": d, "methods": ["padim"], "latency.runs": 0}
         with tempfile.TemporaryDirectory() as tmp:
-            colds, peaks = [], []
+            colds, peaks, stages = [], [], []
             for i in range(a.repeat):
                 clone = cold_clone(tmp, i, params)
-                colds.append(timed(["dvc", "repro", "-q"], clone)[0])
+                wall, per_stage = timed_stages(["dvc", "repro", "-q"], clone, Path(tmp))
+                colds.append(wall)
+                stages.append({**per_stage, "DVC itself": wall - sum(per_stage.values())})
                 peaks.append(peak_of_stages(clone))
-                print(f"{name}: cold run {i + 1}: {colds[-1]:.1f} s, peak {peaks[-1]:.2f} GB", flush=True)
+                print(f"{name}: cold run {i + 1}: {wall:.1f} s, peak {peaks[-1]:.2f} GB ("
+                      + ", ".join(f"{k} {v:.1f}" for k, v in stages[-1].items()) + ")", flush=True)
             metrics = json.loads((clone / "metrics/metrics.json").read_text())
             m, engine = metrics["padim"], metrics["run"]["engine"]
             set_params(clone, **{"padim.d": d - 1})
-            warm, _, _ = timed(["dvc", "repro", "-q"], clone)
+            warm, per_stage = timed_stages(["dvc", "repro", "-q"], clone, Path(tmp))
+            print(f"{name}: warm run: {warm:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items())
+                  + f", DVC itself {warm - sum(per_stage.values()):.1f})", flush=True)
             prepared = clone / "data/prepared/magnetic_tile"
             imgs = [np.load(prepared / f"{s}_images.npy", mmap_mode="r") for s in ("train", "test")]
             floor = forward_floor(backbone, init, layers, imgs, "eager")
@@ -132,6 +165,8 @@ def main():
             ref = (img, pix, wall, rss)
         cold = float(np.median(colds))
         rows.append((name, m, cold, min(colds), max(colds), max(peaks), warm, floor, own, engine, ref))
+        breakdown.append((name, {k: float(np.median([st.get(k, 0.0) for st in stages])) for k in stages[0]}, cold,
+                          own, engine))
     print("\n| setting | image / pixel ROC-AUC (anomalib) | cold end to end s, median (range) | anomalib s | ratio "
           "| peak GB | anomalib GB | ratio | eager forward s | cold / eager forward | engine forward s (engine) "
           "| cold / engine forward | warm s (padim.d changed) | warm / cold |")
@@ -145,6 +180,13 @@ def main():
         print(f"| {name} | {m['image_auroc']:.4f} / {m['pixel_auroc']:.4f}{peer[0]} | {cold:.1f} ({lo:.1f}-{hi:.1f}) "
               f"| {peer[1]} | {peer[2]} | {peak:.2f} | {peer[3]} | {peer[4]} | {floor:.1f} | {cold / floor:.2f} "
               f"| {own:.1f} ({engine}) | {cold / own:.2f} | {warm:.1f} | {warm / cold:.2f} |")
+    print("\nWhere a cold run's time goes (seconds, median over the cold runs; each stage is a process of its own, "
+          "its forward pass inside extract):\n")
+    names = list(breakdown[0][1])
+    print("| setting | " + " | ".join(names) + " | engine forward (in extract) | cold |")
+    print("|" + "---|" * (len(names) + 3))
+    for name, st, cold, own, engine in breakdown:
+        print(f"| {name} | " + " | ".join(f"{st.get(k, 0.0):.1f}" for k in names) + f" | {own:.1f} ({engine}) | {cold:.1f} |")
     print(f"\nmachine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{a.repeat} cold run{'s' if a.repeat > 1 else ''} per setting")
 
