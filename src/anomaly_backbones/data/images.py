@@ -48,10 +48,9 @@ def load_image(path: Path, resize: int, crop: int) -> tuple[np.ndarray, tuple[in
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
         im = Image.alpha_composite(bg, im)
-    if im.mode == "L":  # gray: resize one channel, then replicate it (the same bytes, a third of the work)
-        return np.asarray(_resize_crop(im, resize, crop, Image.BILINEAR).convert("RGB")), size
-    im = im.convert("RGB")
-    return np.asarray(_resize_crop(im, resize, crop, Image.BILINEAR)), size
+    if im.mode != "L":  # gray is resized on one channel and replicated after: the same bytes, a third of the work
+        im = im.convert("RGB")
+    return np.asarray(_resize_crop(im, resize, crop, Image.BILINEAR).convert("RGB")), size
 
 
 def load_mask(path: Path | None, image_size: tuple[int, int], image_path: Path,
