@@ -68,9 +68,9 @@ sys.exit(rc)
 
 
 def timed_stages(cmd, cwd, shim_dir: Path) -> tuple[float, dict[str, float]]:
-    """Wall seconds of a `dvc repro` and of each stage process in it: the stages' commands
-    (`python stages/...`) find a `python` first on PATH that times the real one. What is left,
-    total minus the stages, is DVC's own time: start-up, checking deps, hashing and linking outputs."""
+    """Wall seconds of a `dvc repro`, and of each stage process in it: the stages' commands
+    (`python stages/...`) find a `python` first on PATH that times the real one. "DVC itself" is
+    what is left, total minus the stages: start-up, checking deps, hashing and linking outputs."""
     log = shim_dir / "stages.log"
     log.unlink(missing_ok=True)
     shim = shim_dir / "python"
@@ -82,7 +82,12 @@ def timed_stages(cmd, cwd, shim_dir: Path) -> tuple[float, dict[str, float]]:
         seconds, script, *args = line.split()
         name = Path(script).stem.split("_", 1)[-1] + "".join(f"@{a}" for a in args)
         stages[name] = stages.get(name, 0.0) + float(seconds)
+    stages["DVC itself"] = wall - sum(stages.values())
     return wall, stages
+
+
+def split_text(stages: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
 
 
 def peak_of_stages(clone: Path) -> float:
@@ -143,16 +148,15 @@ def main():
                 clone = cold_clone(tmp, i, params)
                 wall, per_stage = timed_stages(["dvc", "repro", "-q"], clone, Path(tmp))
                 colds.append(wall)
-                stages.append({**per_stage, "DVC itself": wall - sum(per_stage.values())})
+                stages.append(per_stage)
                 peaks.append(peak_of_stages(clone))
-                print(f"{name}: cold run {i + 1}: {wall:.1f} s, peak {peaks[-1]:.2f} GB ("
-                      + ", ".join(f"{k} {v:.1f}" for k, v in stages[-1].items()) + ")", flush=True)
+                print(f"{name}: cold run {i + 1}: {wall:.1f} s, peak {peaks[-1]:.2f} GB ({split_text(per_stage)})",
+                      flush=True)
             metrics = json.loads((clone / "metrics/metrics.json").read_text())
             m, engine = metrics["padim"], metrics["run"]["engine"]
             set_params(clone, **{"padim.d": d - 1})
             warm, per_stage = timed_stages(["dvc", "repro", "-q"], clone, Path(tmp))
-            print(f"{name}: warm run: {warm:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items())
-                  + f", DVC itself {warm - sum(per_stage.values()):.1f})", flush=True)
+            print(f"{name}: warm run: {warm:.1f} s ({split_text(per_stage)})", flush=True)
             prepared = clone / "data/prepared/magnetic_tile"
             imgs = [np.load(prepared / f"{s}_images.npy", mmap_mode="r") for s in ("train", "test")]
             floor = forward_floor(backbone, init, layers, imgs, "eager")
