@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .features import all_finite
 
 SORT_CHUNK = 2**23  # keys sorted at once: 8.4M x (4 B sorted + 8 B indices) = 100 MB
 
@@ -36,7 +37,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     s = np.asarray(scores, dtype=np.float32).ravel()
     if y.size != s.size:
         raise ValueError(f"{y.size} labels but {s.size} scores")
-    if s.size and not (np.isfinite(s.min()) and np.isfinite(s.max())):   # NaN propagates through min/max
+    if not all_finite(s):
         raise UserError("anomaly scores contain NaN or Inf: ROC-AUC is undefined. Check the features "
                         "(init/weights) and the method's params.")
     n_pos = int(np.count_nonzero(y))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..features import all_finite
 from ..runner import usable_cpus
 
 
@@ -76,8 +77,7 @@ def maps_bytes(n: int, size: int, chunk: int = 64) -> float:
 
 def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
     """Non-finite features or scores are an error, never a silent AUROC."""
-    ok = torch.isfinite(torch.as_tensor(x)).all().item()
-    if not ok:
+    if not all_finite(x):
         from ..errors import UserError
 
         raise UserError(f"{what} contains NaN or Inf: the backbone or its weights produce non-finite "
