@@ -1,34 +1,19 @@
-"""Exact ROC-AUC for tens of millions of pixels in one to two seconds, and compact ROC curves.
+"""Exact ROC-AUC for tens of millions of pixels in well under a second, and compact ROC curves.
 
-Scores are mapped to order-preserving int32 keys; only the larger class is sorted, by chunks
-(torch's sort: about 2x numpy's on these machines; chunks bound its int64 indices), and each score
-of the smaller class finds, by binary search in every sorted chunk, how many of the other class lie
-below it and how many tie with it. Those counts add up over chunks: the Mann-Whitney count with
-ties at half weight, equal to sklearn's roc_auc_score to floating-point rounding, without its
-argsort of float64 over every pixel.
+Each class's scores are sorted in place with numpy's sort (vectorized on AVX-512/AVX2 CPUs:
+29 M float32 in 0.12 s on one core here, 5x torch's sort), and each score of the smaller class
+finds, by binary search in the larger class, how many of the other class lie below it and how
+many tie with it: the Mann-Whitney count with ties at half weight, equal to sklearn's
+roc_auc_score to floating-point rounding, without its argsort of float64 over every pixel.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .errors import UserError
 from .features import all_finite
 
-SORT_CHUNK = 2**23  # keys sorted at once: 8.4M x (4 B sorted + 8 B indices) = 100 MB
-
-
-def _keys(x: np.ndarray) -> np.ndarray:
-    """float32 -> int32 with the same order (-0.0 == +0.0), in place on `x` (a fresh copy):
-    negatives get their magnitude bits flipped, so larger magnitudes sort lower."""
-    x += np.float32(0.0)
-    i = x.view(np.int32)
-    for c in range(0, i.size, SORT_CHUNK):   # the sign mask by chunks: no temporary as large as x
-        part = i[c:c + SORT_CHUNK]
-        flip = part >> 31
-        flip &= np.int32(0x7FFFFFFF)
-        part ^= flip
-    return i
+NEEDLE_CHUNK = 2**22  # smaller-class scores searched at once: their int64 positions stay at 32 MB
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -45,20 +30,19 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     big_is_neg = n_neg >= n_pos
-    pos, neg = s[y], s[~y]                     # copies, keyed in place
-    small = np.sort(_keys(pos if big_is_neg else neg))   # sorted needles: the binary searches stay in cache
-    big = _keys(neg if big_is_neg else pos)
-    del pos, neg
+    pos, neg = s[y], s[~y]                     # copies, sorted in place (-0.0 and +0.0 compare equal)
+    small, big = (pos, neg) if big_is_neg else (neg, pos)
+    small.sort()                               # sorted needles: the binary searches stay in cache
+    big.sort()
     below = tied = 0.0
-    for c in range(0, big.size, SORT_CHUNK):
-        part = torch.sort(torch.from_numpy(big[c:c + SORT_CHUNK]))[0].numpy()
-        lo = np.searchsorted(part, small, "left")
+    for c in range(0, small.size, NEEDLE_CHUNK):
+        needles = small[c:c + NEEDLE_CHUNK]
+        lo = np.searchsorted(big, needles, "left")
         below += lo.sum(dtype=np.float64)
         # ties only where a needle equals the element at its insertion point (rare for continuous scores)
-        at = np.minimum(lo, part.size - 1)
-        eq = part[at] == small
+        eq = big[np.minimum(lo, big.size - 1)] == needles
         if eq.any():
-            tied += (np.searchsorted(part, small[eq], "right") - lo[eq]).sum(dtype=np.float64)
+            tied += (np.searchsorted(big, needles[eq], "right") - lo[eq]).sum(dtype=np.float64)
     # positives above negatives: each positive's negatives below it, or (small = negatives) the
     # positives that are neither below nor tied with each negative
     wins = below if big_is_neg else n_pos * n_neg - below - tied
@@ -67,8 +51,8 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def roc_auc_bytes(n: int) -> float:
     """Memory roc_auc needs for n scores besides its inputs: the complement of the labels, both
-    classes' scores (keyed in place), and one sorted chunk with its indices."""
-    return 5.0 * n + 12.0 * SORT_CHUNK
+    classes' scores (sorted in place), and one chunk of needles' positions and comparisons."""
+    return 5.0 * n + 21.0 * NEEDLE_CHUNK
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 201) -> tuple[np.ndarray, np.ndarray]:
