@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from anomaly_backbones.methods.common import anomaly_maps, blur
+from anomaly_backbones.methods.common import anomaly_maps, blur, resize_blur_matrix
 
 
 def test_blur_is_scipys_gaussian_with_mirror_padding():
@@ -25,3 +25,15 @@ def test_anomaly_maps_equal_interpolate_then_blur(shape, size):
     assert np.abs(out - ref).max() < 1e-4
     # a constant grid stays constant (weights sum to one along both axes)
     assert np.allclose(anomaly_maps(torch.full(shape, 3.0), size, 4.0), 3.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,size,sigma", [(56, 224, 4.0), (112, 224, 4.0), (7, 224, 2.0), (4, 16, 4.0), (3, 9, 1.0)])
+def test_resize_blur_matrix_is_bit_identical_to_full_size_basis_images(n, size, sigma):
+    """The matrix is built on narrow basis images; interpolating and blurring whole size x size
+    ones (the definition) must give the same bits, reflect and replicate padding alike."""
+    basis = torch.eye(n, dtype=torch.float32).view(n, 1, n, 1)
+    full = F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    want = blur(full, sigma)[:, :, 0].T.contiguous()
+    resize_blur_matrix.cache_clear()
+    got = resize_blur_matrix(n, size, sigma)
+    assert got.shape == (size, n) and torch.equal(got, want)

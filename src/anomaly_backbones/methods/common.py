@@ -47,10 +47,14 @@ def resize_blur_matrix(n: int, size: int, sigma: float) -> torch.Tensor:
     Both steps are linear and separable, so a map is M_h @ grid @ M_w.T: two small matmuls
     instead of interpolating and convolving 224x224 images (measured 4 s -> 0.3 s for 583
     maps). Built by running the same interpolate + blur on basis images: constant along the
-    other axis, where bilinear weights and the normalized reflect-padded blur both sum to one."""
+    other axis, where bilinear weights and the normalized reflect-padded blur both sum to one.
+    That axis only needs to be wide enough for the same padding mode (r + 1 columns, not size):
+    the same bits as full size x size basis images (tests/test_maps.py), 25x faster (0.25 s
+    -> 0.01 s for n = 112)."""
+    r = int(4.0 * sigma + 0.5)
     basis = torch.eye(n, dtype=torch.float32).view(n, 1, n, 1)
-    up = F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)
-    return blur(up[:, 0], sigma)[:, :, 0].T.contiguous()
+    up = F.interpolate(basis, size=(size, 1), mode="bilinear", align_corners=False)
+    return blur(up.expand(n, 1, size, r + 1)[:, 0].contiguous(), sigma)[:, :, 0].T.contiguous()
 
 
 def upsample_blur(grid: torch.Tensor, size: int, sigma: float = 4.0) -> torch.Tensor:
