@@ -74,15 +74,17 @@ def test_padim_rejects_d_above_feature_dim(tmp_path):
         PaDiM({"d": 12}, ["a", "b"], seed=0).fit(FeatureSet(cache, "train"))
 
 
-def test_padim_nonfinite_features_are_an_error(tmp_path):
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_padim_nonfinite_features_are_an_error(tmp_path, split, bad):
     rng = np.random.default_rng(0)
     tr = rng.normal(size=(4, 3, 2, 2)).astype(np.float32)
     te = rng.normal(size=(2, 3, 2, 2)).astype(np.float32)
     cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
-    np.lib.format.open_memmap(cache / "test" / "a.npy", mode="r+")[0, 0, 0, 0] = np.nan
+    np.lib.format.open_memmap(cache / split / "a.npy", mode="r+")[1, 2, 1, 0] = bad
     m = PaDiM({"d": 3}, ["a"], seed=0)
-    m.fit(FeatureSet(cache, "train"))
-    with pytest.raises(UserError, match="NaN or Inf"):
+    with pytest.raises(UserError, match=f"features of .*{cache.name}.* NaN or Inf"):
+        m.fit(FeatureSet(cache, "train"))
         m.predict(FeatureSet(cache, "test"))
 
 

@@ -108,9 +108,7 @@ class PaDiM:
                 for r, src in enumerate(ri - lo):      # row by row: whole (n, c) blocks, torch copies on all cores
                     _upsample_into(dst[r], t[src])
             off += len(ch)
-        out = out.view(-1, len(fs), self.d)
-        check_finite(out.sum(), f"features of {fs.dir}")  # NaN/Inf survive a sum: one cheap check
-        return out
+        return out.view(-1, len(fs), self.d)   # NaN/Inf: checked on what fit and distances compute from it
 
     def fit_bytes(self, n: int) -> float:
         """Peak RSS of fit: the baseline, the inverse covariances, and the larger of a chunk's
@@ -159,6 +157,7 @@ class PaDiM:
         for r0, r1 in self._row_chunks(n):
             xc = self._rows(train, r0, r1, scratch)                    # (p, n, d)
             mu = xc.mean(1)                                            # (p, d)
+            check_finite(mu, f"features of {train.dir}")               # NaN/Inf survive a mean
             xc.sub_(mu.unsqueeze(1))
             cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
             del xc
@@ -179,6 +178,7 @@ class PaDiM:
             torch.bmm(delta, self.inv_cov[sl], out=m).mul_(delta)   # in place: two (p, N, d) arrays, not three
             out[:, sl] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
             del delta, m  # not alive while the next chunk is read
+        check_finite(out, f"features of {test.dir}")   # NaN/Inf survive the distance
         return out.reshape(-1, H, W)
 
     def predict(self, test: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
