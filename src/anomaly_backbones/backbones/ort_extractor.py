@@ -96,6 +96,10 @@ class OnnxExtractor:
                                       output_names=[f"feature{i}" for i in range(len(self.layers))],
                                       dynamic_axes={"image": {0: "batch"}})
                 self.session = ort_session(path, threads)
+                # each output's (C, h, w): fixed by the export's image size, though not always
+                # declared in the graph (TF "same" padding computes its pads from the input shape)
+                probe = np.zeros((1, image_size, image_size, 3), np.uint8)
+                self.shapes = [a.shape[1:] for a in self.session.run(None, {"image": probe})]
             except Exception as e:  # noqa: BLE001 - the exporter and ORT raise many types
                 first = (str(e).strip().splitlines() or [""])[0][:300]
                 raise UserError(f"backbone {name!r} does not export to ONNX ({type(e).__name__}: {first}); "
@@ -103,10 +107,20 @@ class OnnxExtractor:
         self.check(name, image_size)
 
     def pixels(self, images: np.ndarray) -> dict[str, torch.Tensor]:
+        """Calls of ORT_BATCH images, each writing its outputs straight into its rows of the
+        batch's arrays (IO binding; only the batch axis of the export is dynamic): no per-call
+        arrays joined afterwards (0.15-0.3 s of the 761 training images of blocks.0/1/2)."""
         x = np.ascontiguousarray(images, dtype=np.uint8)
-        parts = [self.session.run(None, {"image": x[s:s + ORT_BATCH]}) for s in range(0, len(x), ORT_BATCH)]
-        return {layer: torch.from_numpy(parts[0][i] if len(parts) == 1 else np.concatenate([p[i] for p in parts]))
-                for i, layer in enumerate(self.layers)}
+        outputs = self.session.get_outputs()
+        out = [np.empty((len(x), *shape), np.float32) for shape in self.shapes]
+        io = self.session.io_binding()
+        for s in range(0, len(x), ORT_BATCH):
+            io.bind_cpu_input("image", x[s:s + ORT_BATCH])
+            for o, a in zip(outputs, out):
+                rows = a[s:s + ORT_BATCH]
+                io.bind_output(o.name, "cpu", 0, np.float32, list(rows.shape), rows.ctypes.data)
+            self.session.run_with_iobinding(io)
+        return {layer: torch.from_numpy(a) for layer, a in zip(self.layers, out)}
 
     def check(self, name: str, image_size: int) -> None:
         """An export that runs but computes something else must not fill the cache: on two seeded
