@@ -1,10 +1,12 @@
 """What every stage entry point shares: user errors without tracebacks, atomic JSON, peak memory."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -23,6 +25,34 @@ def run(main: Callable[[], None]) -> None:
         print("interrupted: nothing partial is trusted; re-run the command (`dvc repro` re-runs an "
               "interrupted stage).", file=sys.stderr)
         sys.exit(130)
+    if _started_as(main):
+        _exit_without_teardown()
+
+
+def _started_as(main: Callable[[], None]) -> bool:
+    """Whether this process was started as `python <the stage script>` (not under a profiler,
+    `python -X ...`, or a test calling the stage in-process, which need the normal exit)."""
+    argv = getattr(sys, "orig_argv", [])
+    try:
+        return len(argv) > 1 and os.path.samefile(argv[1], main.__code__.co_filename)
+    except OSError:
+        return False
+
+
+def _exit_without_teardown() -> None:
+    """End a finished stage process without the interpreter's teardown.
+
+    Why: finalizing torch, timm, torchvision and ONNX Runtime module by module takes 0.3-0.8 s
+    per stage process (`python -c "import torch"` takes 1.39 s with it, 1.06 s without), and a
+    finished stage has nothing left to do: its outputs are closed and renamed into place. The
+    exit handlers still run (0.02 s) and stdio is flushed; while another non-daemon thread is
+    alive the normal exit (which waits for it) is kept."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def peak_rss_mb() -> float:
