@@ -26,6 +26,7 @@ from ..runner import BASELINE_BYTES, check_memory
 from .common import Scratch, across_cores, anomaly_maps, check_finite, maps_bytes
 
 EPS = 0.01
+PRODUCT_SPLIT = 8  # predict: the product with the inverse covariances is taken in this many parts per chunk
 
 
 def _upsample_into(dst: torch.Tensor, row: torch.Tensor) -> None:
@@ -55,7 +56,7 @@ def _inverse(cov: torch.Tensor) -> torch.Tensor:
 class PaDiM:
     def __init__(self, params: dict, layers: list[str], seed: int):
         self.d_param = params.get("d", "auto")
-        self.budget_bytes = float(params.get("chunk_mb", 256)) * 2**20   # a chunk's (p, n, d) blocks together
+        self.budget_bytes = float(params.get("chunk_mb", 256)) * 2**20   # a chunk's (p, n, d) slice
         self.sigma = float(params.get("sigma", 4.0))
         self.layers = list(layers)
         self.seed = int(seed)
@@ -116,7 +117,7 @@ class PaDiM:
         compute: the slice, centred in place, then the covariance, Cholesky factor and inverse
         (3 x p*d*d). With few images the d*d terms dominate the chunk."""
         H, W = self.grid
-        r0, r1 = self._row_chunks(n, blocks=1)[0]
+        r0, r1 = self._row_chunks(n)[0]
         p = (r1 - r0) * W
         inv_cov = 4.0 * H * W * self.d * self.d
         sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
@@ -124,22 +125,20 @@ class PaDiM:
 
     def predict_bytes(self, n: int, image_size: int) -> float:
         """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
-        slice and its product with the inverse covariances (multiplied by the slice in place), and
-        the maps."""
+        slice and a PRODUCT_SPLIT-th of its product with the inverse covariances, and the maps."""
         H, W = self.grid
-        r0, r1 = self._row_chunks(n, blocks=2)[0]
+        r0, r1 = self._row_chunks(n)[0]
         sl = 4.0 * n * self.d * (r1 - r0) * W
         model = 4.0 * H * W * self.d * (self.d + 1)
-        return (BASELINE_BYTES + model + max(sl + 2 * MAP_BYTES, 2 * sl) + 4.0 * n * H * W
+        return (BASELINE_BYTES + model + sl + max(2 * MAP_BYTES, sl / PRODUCT_SPLIT) + 4.0 * n * H * W
                 + maps_bytes(n, image_size))
 
-    def _row_chunks(self, n: int, blocks: int):
-        """Row ranges whose `blocks` (n, d, rows*W) float32 slices fit the memory budget together:
-        fit holds one (the centred slice), predict two (the slice and its product with the inverse
-        covariances). Each chunk reads every image's cache pages again (measured ~0.5 M page
-        faults for the 28 chunks of the 112x112 grid's fit), so fewer, larger chunks are faster."""
+    def _row_chunks(self, n: int):
+        """Row ranges whose (n, d, rows*W) float32 slice fits the memory budget. Each chunk reads
+        every image's cache pages again (measured ~0.5 M page faults for the 28 chunks of the
+        112x112 grid's fit at 128 MB), so fewer, larger chunks are faster."""
         H, W = self.grid
-        rows = max(1, min(H, int(self.budget_bytes // (blocks * n * self.d * W * 4))))
+        rows = max(1, min(H, int(self.budget_bytes // (n * self.d * W * 4))))
         return [(r, min(r + rows, H)) for r in range(0, H, rows)]
 
     # -- fit -------------------------------------------------------------------------
@@ -157,7 +156,7 @@ class PaDiM:
         self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
         eye = torch.eye(self.d) * EPS
         scratch = Scratch()
-        for r0, r1 in self._row_chunks(n, blocks=1):
+        for r0, r1 in self._row_chunks(n):
             xc = self._rows(train, r0, r1, scratch)                    # (p, n, d)
             mu = xc.mean(1)                                            # (p, d)
             check_finite(mu, f"features of {train.dir}")               # NaN/Inf survive a mean
@@ -170,17 +169,21 @@ class PaDiM:
 
     # -- predict -----------------------------------------------------------------------
     def distances(self, test: FeatureSet) -> np.ndarray:
-        """(N, h, w) Mahalanobis distances on the feature grid."""
+        """(N, h, w) Mahalanobis distances on the feature grid. Per chunk of grid rows, the
+        product with the inverse covariances is taken PRODUCT_SPLIT positions' worth at a time
+        into one small buffer, so a chunk holds one (p, N, d) block, not two."""
         H, W = self.grid
         out = np.empty((len(test), H * W), np.float32)
         scratch = Scratch()
-        for r0, r1 in self._row_chunks(len(test), blocks=2):
-            sl = slice(r0 * W, r1 * W)
-            delta = self._rows(test, r0, r1, scratch).sub_(self.mean[:, sl].T.unsqueeze(1))  # (p, N, d)
-            m = torch.from_numpy(scratch.get("product", tuple(delta.shape)))
-            torch.bmm(delta, self.inv_cov[sl], out=m).mul_(delta)   # in place: two (p, N, d) arrays, not three
-            out[:, sl] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
-            del delta, m  # not alive while the next chunk is read
+        for r0, r1 in self._row_chunks(len(test)):
+            delta = self._rows(test, r0, r1, scratch).sub_(self.mean[:, r0 * W:r1 * W].T.unsqueeze(1))  # (p, N, d)
+            step = -(-delta.shape[0] // PRODUCT_SPLIT)
+            buf = torch.from_numpy(scratch.get("product", (step, *delta.shape[1:])))
+            for s in range(0, delta.shape[0], step):
+                dl = delta[s:s + step]
+                m = torch.bmm(dl, self.inv_cov[r0 * W + s:r0 * W + s + len(dl)], out=buf[:len(dl)]).mul_(dl)
+                out[:, r0 * W + s:r0 * W + s + len(dl)] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
+            del delta  # not alive while the next chunk is read
         check_finite(out, f"features of {test.dir}")   # NaN/Inf survive the distance
         return out.reshape(-1, H, W)
 
