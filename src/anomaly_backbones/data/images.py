@@ -50,7 +50,8 @@ def load_image(path: Path, resize: int, crop: int) -> tuple[np.ndarray, tuple[in
         im = Image.alpha_composite(bg, im)
     if im.mode != "L":  # gray is resized on one channel and replicated after: the same bytes, a third of the work
         im = im.convert("RGB")
-    return np.asarray(_resize_crop(im, resize, crop, Image.BILINEAR).convert("RGB")), size
+    im = _resize_crop(im, resize, crop, Image.BILINEAR)
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), size   # convert() of RGB would copy it
 
 
 def load_mask(path: Path | None, image_size: tuple[int, int], image_path: Path,
