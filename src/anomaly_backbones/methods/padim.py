@@ -180,7 +180,8 @@ class PaDiM:
             step = -(-delta.shape[0] // PRODUCT_SPLIT)
             buf = torch.from_numpy(scratch.get("product", (step, *delta.shape[1:])))
             for s in range(0, delta.shape[0], step):
-                dl, pos = delta[s:s + step], slice(r0 * W + s, r0 * W + s + min(step, delta.shape[0] - s))
+                dl = delta[s:s + step]
+                pos = slice(r0 * W + s, r0 * W + s + len(dl))
                 m = torch.bmm(dl, self.inv_cov[pos], out=buf[:len(dl)]).mul_(dl)   # in place: no third array
                 out[:, pos] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
             del delta  # not alive while the next chunk is read
