@@ -36,13 +36,13 @@ EXTRACT = {  # case: (backbone, layers, batches run, extract.engine)
 
 def recorded_guards(modules) -> list[float]:
     """Wrap check_memory where `modules` call it; returns the list the estimates go to."""
-    from anomaly_backbones import runner
+    from anomaly_backbones import resources
 
     seen: list[float] = []
 
     def check(estimate, what, fix):
         seen.append(estimate)
-        runner.check_memory(estimate, what, fix)
+        resources.check_memory(estimate, what, fix)
 
     for m in modules:
         m.check_memory = check
@@ -53,11 +53,10 @@ def run_method(case: str, cache: Path) -> dict:
     import importlib
 
     from anomaly_backbones.features import FeatureSet
-    from anomaly_backbones.methods import METHODS as REGISTRY, get_method
+    from anomaly_backbones.methods import get_method
 
     name, params = METHODS[case]
-    module = importlib.import_module(REGISTRY[name].split(":")[0])
-    seen = recorded_guards([module])
+    seen = recorded_guards([importlib.import_module("anomaly_backbones.methods.base")])
     m = get_method(name)(params, list(LITE0), 1024)
     t = time.perf_counter()
     m.fit(FeatureSet(cache, "train"))
@@ -104,7 +103,7 @@ def main():
     a = ap.parse_args()
     cache = Path(f"{a.cache}_{a.n_train}_{a.n_test}")
     if a.run:
-        from anomaly_backbones.runner import peak_rss_mb
+        from anomaly_backbones.resources import peak_rss_mb
 
         out = run_extract(a.run) if a.run in EXTRACT else run_method(a.run, cache)
         print(json.dumps({**out, "peak": peak_rss_mb() * 2**20}))

@@ -20,7 +20,7 @@ import numpy as np
 
 from anomaly_backbones.features import FeatureSet, FeatureWriter
 from anomaly_backbones.methods.padim import PaDiM
-from anomaly_backbones.runner import peak_rss_mb
+from anomaly_backbones.resources import peak_rss_mb
 
 SHAPES = {"layer1": (256, 56, 56), "layer2": (512, 28, 28), "layer3": (1024, 14, 14)}
 

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_backbones.backbones import resolve_layers
 from anomaly_backbones.data.prepare import load_prepared, read_samples
 from anomaly_backbones.features import FeatureSet, FeatureWriter
 from anomaly_backbones.methods import get_method
 from anomaly_backbones.metrics import roc_auc
-from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import read_json
+from anomaly_backbones.params import load_params, resolve
+from anomaly_backbones.files import read_json
 
 FEATURES, PREPARED = Path("data/features"), Path("data/prepared")
 
@@ -47,11 +46,11 @@ def cache_mb(d: Path) -> float:
 
 
 def score(method: str, params: dict, cat_dir: Path, name: str) -> tuple[float, float, float]:
-    p = params
-    layers = resolve_layers(p["backbone"], p["layers"])
-    m = get_method(method)(p.get(method, {}), layers, p["seed"])
+    train = FeatureSet(cat_dir, "train")
+    r = resolve(params, shapes=train.meta["shapes"])
+    m = get_method(method)(r[method], r["layers"], params["seed"])
     t = time.perf_counter()
-    m.fit(FeatureSet(cat_dir, "train"))
+    m.fit(train)
     scores, maps = m.predict(FeatureSet(cat_dir, "test"))
     labels = np.array([int(r["label"]) for r in read_samples(PREPARED / name) if r["split"] == "test"])
     masks = load_prepared(PREPARED / name, "test_masks", mmap=False)

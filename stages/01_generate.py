@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from anomaly_backbones.data.synthetic import generate
+from anomaly_backbones.files import write_json
 from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import run, write_json
+from anomaly_backbones.runner import run
 
 OUT = "data/synthetic"
 
@@ -16,11 +17,11 @@ OUT = "data/synthetic"
 def main():
     p = load_params()
     shutil.rmtree(OUT, ignore_errors=True)
-    root = p.get("data", {}).get("root", OUT)
+    root = p["data"]["root"]
     if Path(root).resolve() != Path(OUT).resolve():
         write_json(f"{OUT}/counts.json", {"generated": False, "why": f"data.root is {root}"})
         return
-    counts = generate(OUT, seed=p["seed"], **p.get("synthetic", {}))
+    counts = generate(OUT, seed=p["seed"], **p["synthetic"])
     write_json(f"{OUT}/counts.json", counts)
 
 

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomaly_backbones.backbones import load_backbone, resolve_layers
+from anomaly_backbones.backbones import load_backbone
 from anomaly_backbones.backbones.ort_extractor import make_extractor
 from anomaly_backbones.data.prepare import load_prepared
 from anomaly_backbones.features import FeatureWriter
-from anomaly_backbones.methods.patchcore import resolve_layers as patchcore_layers
-from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import check_memory, peak_rss_mb, read_json, run, write_json
+from anomaly_backbones.files import read_json, write_json
+from anomaly_backbones.params import load_params, resolve
+from anomaly_backbones.resources import check_memory, load_1m, peak_rss_mb, usable_cpus
+from anomaly_backbones.runner import run
 
 PREPARED, OUT = Path("data/prepared"), Path("data/features")
 
@@ -41,25 +42,22 @@ def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWrite
 
 def main():
     p = load_params()
+    layers = resolve(p)["cache_layers"]   # the `layers` param resolved, then what each method adds
     torch.manual_seed(p["seed"])
     bb = load_backbone(p["backbone"], p["init"], p["seed"])
-    layers = resolve_layers(p["backbone"], p["layers"])
-    extra = [layer for layer in patchcore_layers(p.get("patchcore", {}).get("layers", "auto"), layers)
-             if layer not in layers]
-    ex = p.get("extract", {})
-    batch_size, dtype = int(ex.get("batch_size", 32)), ex.get("dtype", "float32")
+    ex = p["extract"]
+    batch_size, dtype = ex["batch_size"], ex["dtype"]
     size = p["data"]["crop"]
-    ext, engine = make_extractor(bb.model, layers + extra, bb.name, ex.get("engine", "auto"), size, bb.mean, bb.std)
+    ext, engine = make_extractor(bb.model, layers, bb.name, ex["engine"], size, bb.mean, bb.std)
     check_memory(ext.estimate_bytes(batch_size, size, np.dtype(dtype).itemsize),
-                 f"extract {bb.name} (layers {layers + extra}, batches of {batch_size} images of {size} px)",
+                 f"extract {bb.name} (layers {layers}, batches of {batch_size} images of {size} px)",
                  "lower `extract.batch_size` (memory grows with it).")
     shutil.rmtree(OUT, ignore_errors=True)
-    stats = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "dtype": dtype, "engine": engine,
-             "categories": {}}
+    stats = {"backbone": bb.name, "init": bb.init, "layers": layers, "dtype": dtype, "engine": engine,
+             "categories": {}, "load_1m": load_1m(), "cpus": usable_cpus()}   # timings are read with the load
     for c in read_json(PREPARED / "categories.json"):
         name = c["category"]
-        meta = {"backbone": bb.name, "init": bb.init, "layers": layers + extra, "image_size": p["data"]["crop"],
-                "engine": engine}
+        meta = {"backbone": bb.name, "init": bb.init, "layers": layers, "image_size": size, "engine": engine}
         writer = FeatureWriter(OUT / name, meta, dtype)
         times = {}
         for split in ("train", "test"):
@@ -67,9 +65,9 @@ def main():
             times[split] = extract_split(ext, images, batch_size, writer, split, f"extract {bb.name} {name} {split}")
         writer.meta["ms_per_image"] = 1000.0 * times["test"] / max(1, c["test"])
         writer.close()
-        size = sum(f.stat().st_size for f in (OUT / name).rglob("*.npy"))
+        cache_bytes = sum(f.stat().st_size for f in (OUT / name).rglob("*.npy"))
         stats["categories"][name] = {"forward_s": times, "ms_per_image": writer.meta["ms_per_image"],
-                                     "cache_mb": size / 2**20}
+                                     "cache_mb": cache_bytes / 2**20}
     stats["peak_mb"] = peak_rss_mb()
     write_json(OUT / "stats.json", stats)
 

@@ -15,16 +15,17 @@ import tempfile
 from pathlib import Path
 
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import check_memory, read_json, run, usable_cpus, write_json
+from anomaly_backbones.files import read_json, write_json
+from anomaly_backbones.params import load_params, resolve
+from anomaly_backbones.resources import check_memory, usable_cpus
+from anomaly_backbones.runner import run
 
 PREPARED, FEATURES, OUT = Path("data/prepared"), Path("data/features"), Path("metrics/latency.json")
 
 
 def main():
     p = load_params()
-    lat = p.get("latency", {})
-    runs, warmup = int(lat.get("runs", 10)), int(lat.get("warmup", 2))
+    runs, warmup = p["latency"]["runs"], p["latency"]["warmup"]
     cat = read_json(PREPARED / "categories.json")[0]["category"]
     if runs == 0:
         write_json(OUT, {"backbone": p["backbone"], "init": p["init"], "category": cat,
@@ -47,12 +48,12 @@ def measure(p, bb, train, cat, head, runs, warmup):
     import numpy as np
     import torch
 
-    from anomaly_backbones.backbones import resolve_layers
     from anomaly_backbones.data.prepare import load_prepared
     from anomaly_backbones.deploy import PadimScorer, check_onnx, eager_ms, export_onnx, onnx_files, onnx_ms
     from anomaly_backbones.methods.padim import PaDiM
 
-    padim = PaDiM(p.get("padim", {}), resolve_layers(p["backbone"], p["layers"]), p["seed"])
+    r = resolve(p, shapes=train.meta["shapes"])
+    padim = PaDiM(r["padim"], r["layers"], p["seed"])
     padim.fit(train)
     scorer = PadimScorer(bb, padim, train.image_size)
     images = load_prepared(PREPARED / cat, "test_images", mmap=False)

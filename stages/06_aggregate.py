@@ -10,10 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly_backbones.files import read_json, replacing, write_json
 from anomaly_backbones.params import load_params
-from anomaly_backbones.runner import read_json, replacing, run, write_json
+from anomaly_backbones.resources import cpu_model, usable_cpus
+from anomaly_backbones.runner import run
 
 METRICS = Path("metrics")
+
+
+def mean_of(cats: dict, key: str, digits: int | None = 6) -> float | None:
+    """Mean over categories of a metric, skipping categories where it is undefined (None or NaN:
+    no defective pixels); None where it is undefined everywhere (an image-level method's pixel
+    metrics: "not applicable", never 0 or NaN)."""
+    vals = [c[key] for c in cats.values() if c.get(key) is not None and not math.isnan(c[key])]
+    if not vals:
+        return None
+    m = float(np.mean(vals))
+    return m if digits is None else round(m, digits)
 
 
 def main():
@@ -24,7 +37,11 @@ def main():
                        "engine": feats.get("engine", "eager"),   # what computed the features (extract.engine)
                        # feature cache on disk, all categories: set by shapes and dtype, so deterministic
                        "cache_mb": round(sum(c["cache_mb"] for c in feats["categories"].values()), 1)}}
-    speed = {}
+    loads = [x for x in [feats.get("load_1m")] + [read_json(Path("outputs") / m / "results.json").get("load_1m")
+                                                    for m in p["methods"]] if x is not None]
+    # what the timings were measured on, and under how much other work (the report flags loaded rows)
+    speed = {"host": {"cpus": feats.get("cpus", usable_cpus()), "cpu_model": cpu_model(), "device": "cpu",
+                      "load_1m": round(max(loads), 2) if loads else None}}
     rows = []
     roc_dir = METRICS / "roc"
     roc_dir.mkdir(parents=True, exist_ok=True)
@@ -33,16 +50,15 @@ def main():
     for method in p["methods"]:
         res = read_json(Path("outputs") / method / "results.json")
         cats = res["categories"]
-        mean = lambda k: float(np.nanmean([c[k] for c in cats.values()]))  # noqa: E731
-        metrics[method] = {"image_auroc": round(mean("image_auroc"), 6), "pixel_auroc": round(mean("pixel_auroc"), 6)}
+        metrics[method] = {k: mean_of(cats, k) for k in ("image_auroc", "pixel_auroc")}
         speed[method] = {
-            "ms_per_image": round(mean("backbone_ms_per_image") + mean("predict_ms_per_image"), 2),
+            "ms_per_image": round(mean_of(cats, "backbone_ms_per_image", None) + mean_of(cats, "predict_ms_per_image", None), 2),
             "fit_s": round(sum(c["fit_s"] for c in cats.values()), 2),
             "peak_mb": round(max(res["peak_mb"], feats["peak_mb"]), 1),
         }
         for name, c in cats.items():
             rows.append({"method": method, "category": name, "backbone": feats["backbone"], "init": feats["init"],
-                         **{k: (round(c[k], 6) if not math.isnan(c[k]) else "") for k in
+                         **{k: ("" if c[k] is None or math.isnan(c[k]) else round(c[k], 6)) for k in
                             ("image_auroc", "pixel_auroc", "fit_s", "predict_ms_per_image", "backbone_ms_per_image")}})
             with replacing(roc_dir / f"{method}_{name}.csv") as f:
                 w = csv.writer(f)

@@ -9,7 +9,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods.cflow import CFlow, ConditionalFlow, positional_encoding_2d
 
 from conftest import make_cache

@@ -45,7 +45,7 @@ def test_padim_matches_brute_force_definition(tmp_path, d, big, small):
     cache = _cache(tmp_path, big=big, small=small)
     m = PaDiM({"d": d, "chunk_mb": 0.0005}, ["a", "b"], seed=1024)
     m.fit(FeatureSet(cache, "train"))
-    got = m.distances(FeatureSet(cache, "test"))
+    got = m.grid_scores(FeatureSet(cache, "test"))[1]
     idx = np.concatenate([m.channels["a"], m.channels["b"] + 6])
     assert len(idx) == d
     np.testing.assert_allclose(got, _brute_force(cache, ["a", "b"], idx), rtol=2e-4, atol=1e-4)
@@ -96,7 +96,7 @@ def test_constant_features_and_fewer_images_than_d_are_regularized(tmp_path):
     cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
     m = PaDiM({"d": 10}, ["a"], seed=0)
     m.fit(FeatureSet(cache, "train"))
-    dist = m.distances(FeatureSet(cache, "test"))
+    dist = m.grid_scores(FeatureSet(cache, "test"))[1]
     np.testing.assert_allclose(dist[0], 0.0, atol=1e-3)
     np.testing.assert_allclose(dist[1], np.sqrt(10 / 0.01), rtol=1e-4)
 

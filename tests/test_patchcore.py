@@ -9,10 +9,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods.coreset import (coreset_size, covering_radius, greedy_batched, greedy_reference,
                                                sparse_random_projection)
-from anomaly_backbones.methods.patchcore import PatchCore, nearest, resolve_layers, reweighted_score
+from anomaly_backbones.methods.patchcore import PatchCore, nearest, reweighted_score
 
 from conftest import make_cache
 
@@ -124,11 +123,14 @@ def test_nearest_is_chunked_exactly():
 
 
 def test_layers_auto():
-    assert resolve_layers("auto", ["blocks.1", "blocks.2", "blocks.4"]) == ["blocks.2", "blocks.4"]
-    assert resolve_layers("auto", ["a", "b"]) == ["a", "b"]
-    assert resolve_layers(["b"], ["a", "b", "c"]) == ["b"]
+    def layers(spec, top):
+        return PatchCore({"layers": spec}, top).layers
+    assert layers("auto", ["blocks.1", "blocks.2", "blocks.4"]) == ["blocks.2", "blocks.4"]
+    assert layers("auto", ["a", "b"]) == ["a", "b"]
+    assert layers(["b"], ["a", "b", "c"]) == ["b"]
+    assert PatchCore.cached_layers({"layers": "auto"}, ["a", "b", "c"]) == ["b", "c"]
     with pytest.raises(UserError):
-        resolve_layers([], ["a"])
+        layers([], ["a"])
     with pytest.raises(UserError):
         PatchCore({"coreset": "approx"}, ["a"])
     with pytest.raises(UserError):
@@ -167,7 +169,7 @@ def test_end_to_end_exact_vs_fast(tmp_path):
         assert m.bank.shape == (coreset_size(24 * 64, 0.1), 72)
         scores, maps = m.predict(test)
         assert scores.shape == (16,) and maps.shape == (16, 32, 32) and maps.dtype == np.float32
-        _, grid = m.patch_scores(test)
+        _, grid = m.grid_scores(test)
         for i, r, c in spots:  # the shifted patch holds the highest patch score
             rr, cc = np.unravel_index(np.argmax(grid[i]), grid[i].shape)
             assert r - 1 <= rr <= r + 2 and c - 1 <= cc <= c + 2

@@ -129,13 +129,13 @@ def test_fit_stage_checks_memory_before_fitting(clone, tmp_path, monkeypatch, ca
     """Short of memory, fit@<method> stops first, before any work, naming the param."""
     import runpy
 
-    import anomaly_backbones.runner as runner
+    import anomaly_backbones.resources as resources
 
     sh(["dvc", "repro"], cwd=clone)
     work = tmp_path / "w"
     shutil.copytree(clone, work, symlinks=True, ignore=shutil.ignore_patterns(".dvc"))
     monkeypatch.chdir(work)
-    monkeypatch.setattr(runner, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(resources, "available_bytes", lambda: 1000)
     monkeypatch.setattr(sys, "argv", ["stages/04_fit.py", "padim"])
     with pytest.raises(SystemExit) as e:
         runpy.run_path("stages/04_fit.py", run_name="__main__")

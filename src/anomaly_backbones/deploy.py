@@ -21,6 +21,7 @@ from .backbones import Backbone, normalize
 from .backbones.ort_extractor import ort_session, trunk
 from .errors import UserError
 from .methods.common import upsample_blur
+from .methods.grid import upsample_concat
 from .methods.padim import PaDiM
 
 
@@ -40,20 +41,13 @@ class PadimScorer(nn.Module):
         self.register_buffer("mu", padim.mean)                          # (d, H*W), shared with padim
         self.register_buffer("inv_cov", padim.inv_cov)                  # (H*W, d, d), shared, not copied
 
-    def _resample(self, i: int, f: torch.Tensor) -> torch.Tensor:
-        """R_d channels, then nearest upsampling to the grid as an index gather
-        (src = floor(dst * in / out)), exactly as PaDiM reads the cache."""
-        H, W = self.grid
-        h, w = f.shape[-2:]
-        ri = (torch.arange(H) * h) // H
-        ci = (torch.arange(W) * w) // W
-        return f.index_select(1, getattr(self, f"ch{i}")).index_select(2, ri).index_select(3, ci)
-
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(image, self.pixel_mean, self.pixel_std) if image.dtype == torch.uint8 else image
         feats = self.trunk(x)
-        e = torch.cat([self._resample(i, feats[layer]) for i, layer in enumerate(self.layers)], 1).flatten(2)
-        delta = (e - self.mu).permute(2, 0, 1).contiguous()                                # (P, B, d)
+        # R_d channels of each layer, channels last, then nearest to the grid exactly as PaDiM reads the cache
+        e = upsample_concat([feats[layer].index_select(1, getattr(self, f"ch{i}")).permute(0, 2, 3, 1)
+                             for i, layer in enumerate(self.layers)], self.grid)                 # (B, H, W, d)
+        delta = (e.flatten(1, 2) - self.mu.T).transpose(0, 1).contiguous()                     # (P, B, d)
         dist = (torch.bmm(delta, self.inv_cov) * delta).sum(-1).clamp_min(0).sqrt().T       # (B, P)
         maps = upsample_blur(dist.reshape(-1, *self.grid), self.size, self.sigma)
         return maps, maps.flatten(1).amax(1)

@@ -131,8 +131,8 @@ class FeatureWriter:
                 raise UserError(f"layer {layer!r} has features beyond the range of {self.dtype.name} (largest "
                                 f"|value| {float(np.abs(x).max()):.3g}; {self.dir.name}, {split}); store the "
                                 f"cache as float32: `extract.dtype=float32`.")
-            # the array's own buffer, not a bytes copy: copying each batch first (freshly touched
-            # memory every time) took 0.9-3.7 s for the 1.65 GB blocks.0/1/2 cache, the writes 0.4 s
+            # the array's own buffer, not a bytes copy: a copy of each batch touches fresh memory
+            # every time, which costs more than the write itself
             self._files[(split, layer)].write(memoryview(stored).cast("B"))
             self._rows[(split, layer)] += x.shape[0]
 

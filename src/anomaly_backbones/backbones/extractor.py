@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..runner import BASELINE_BYTES
+from ..resources import BASELINE_BYTES
 
 LIBS_BYTES = 0.2 * 2**30  # timm and torchvision, loaded with the backbone (measured 0.19 GiB RSS)
 WORKING = 4  # activations alive at once in a forward pass, in units of the largest one (a residual

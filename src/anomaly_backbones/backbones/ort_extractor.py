@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..runner import usable_cpus
+from ..resources import usable_cpus
 from .extractor import FeatureExtractor, extract_bytes, normalize
 
 ENGINES = ("auto", "onnx", "eager")

@@ -17,21 +17,15 @@ Training (Adam, lr 2e-4) minimises -logsigmoid(log p(x) / C), as anomalib's Cflo
 visits the training images in a random order, `batch_size` at a time; per layer it draws a
 random subset of that batch's fibers (all of them if `fibers_per_epoch` >= the layer's
 fiber count), shuffles it and takes Adam steps on `fiber_batch_size` fibers.
-Defaults, chosen for 2 CPU cores: on the magnetic-tile split (761 images, layers at
-56x56 / 28x28 / 14x14 with 24 / 40 / 112 channels) one pass over all 3.0M fibers per epoch
-would cost minutes, so an epoch uses at most `fibers_per_epoch` = 131072 random fibers per
-layer, in steps of `fiber_batch_size` = 256 (512 Adam steps per layer per epoch), for
-`epochs` = 4. Measured there (shared 2 cores, image / pixel ROC-AUC): 3 epochs of 131072
-fibers in steps of 2048 gave 0.74 / 0.71 (too few steps); steps of 256 gave 0.80 / 0.72 in
-~75 s; 8 epochs of 262144 fibers (steps of 2048 or 512, ~4 min) gave 0.80 / 0.71, so more
-fibers or epochs than the defaults buy little. The defaults: fit 75 s, predict 28 s,
-0.804 / 0.728.
+Defaults, chosen for 2 CPU cores (the measurements behind them: docs/performance.md, "CFLOW-AD"):
+an epoch uses at most `fibers_per_epoch` random fibers per layer, in Adam steps of
+`fiber_batch_size`, for `epochs` epochs; one pass over every fiber of a realistic training set
+per epoch would cost minutes on 2 cores, and more fibers or epochs than the defaults buy little.
 
 Test: log p / C per position and layer; per layer p = exp(logp - max) (max over the whole
 test set, so scores do not depend on the batch size), resized to the image size
-(bilinear with align_corners=True, as the original CFLOW-AD code and anomalib do: with the
-other methods' align_corners=False the image ROC-AUC on the magnetic-tile split moved by +0.003
-to +0.007 for the same trained flows), summed over layers; the map is
+(bilinear with align_corners=True, as the original CFLOW-AD code and anomalib do, unlike the
+other methods' align_corners=False), summed over layers; the map is
 max(sum) - sum. Image score = max of that map (anomalib's rule); the returned map is then
 blurred with sigma 4 like every other method's (param `sigma`; the score is taken before
 the blur).
@@ -46,20 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..runner import BASELINE_BYTES, check_memory
+from .base import Method
 from .common import blur, check_finite
-
-DEFAULTS = {
-    "epochs": 4,
-    "lr": 2e-4,
-    "coupling_blocks": 8,
-    "condition_vector": 128,
-    "fiber_batch_size": 256,
-    "fibers_per_epoch": 131072,
-    "clamp_alpha": 1.9,
-    "batch_size": 32,
-    "sigma": 4.0,
-}
+from .memory import CFlowMemory
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 EVAL_FIBERS = 65536  # fibers per forward pass at test time (no autograd)
@@ -152,86 +135,24 @@ def _fibers(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-class CFlow:
+class CFlow(CFlowMemory, Method):
     """Per-layer conditional normalizing flows; anomaly = low likelihood."""
 
-    def __init__(self, params: dict, layers: list[str], seed: int = 1024):
-        unknown = set(params or {}) - set(DEFAULTS)
-        if unknown:
-            raise UserError(f"cflow: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        p = {**DEFAULTS, **(params or {})}
-        self.epochs = int(p["epochs"])
-        self.lr = float(p["lr"])
-        self.coupling_blocks = int(p["coupling_blocks"])
-        self.condition_vector = int(p["condition_vector"])
-        self.fiber_batch_size = int(p["fiber_batch_size"])
-        self.fibers_per_epoch = int(p["fibers_per_epoch"])
-        self.clamp = float(p["clamp_alpha"])
-        self.batch_size = int(p["batch_size"])
-        self.sigma = float(p["sigma"])
-        if min(self.epochs, self.coupling_blocks, self.fiber_batch_size, self.fibers_per_epoch,
-               self.batch_size) < 1 or self.lr <= 0 or self.clamp <= 0:
-            raise UserError("cflow: epochs, coupling_blocks, fiber_batch_size, fibers_per_epoch, batch_size, "
-                            "lr and clamp_alpha must be positive")
-        if self.condition_vector < 4 or self.condition_vector % 4:
-            raise UserError(f"cflow.condition_vector must be a positive multiple of 4, got {self.condition_vector}")
-        if not layers:
-            raise UserError("cflow: `layers` is empty; set the top-level `layers` param")
-        self.layers = list(layers)
-        self.seed = int(seed)
+    name = "cflow"
+
+    def configure(self, p: dict) -> None:
+        self.epochs, self.lr, self.coupling_blocks = p["epochs"], p["lr"], p["coupling_blocks"]
+        self.condition_vector, self.fiber_batch_size = p["condition_vector"], p["fiber_batch_size"]
+        self.fibers_per_epoch, self.clamp = p["fibers_per_epoch"], p["clamp_alpha"]
+        self.batch_size, self.sigma = p["batch_size"], p["sigma"]
         self.flows: dict[str, ConditionalFlow] = {}
         self.losses: list[float] = []  # mean training loss per epoch (all layers)
 
     def _cond(self, h: int, w: int) -> torch.Tensor:
         return _fibers(positional_encoding_2d(self.condition_vector, h, w)[None])  # (H*W, P)
 
-    def _flow_floats(self, c: int) -> tuple[int, int]:
-        """(parameters, activations per fiber) of one layer's flow of c channels. Per block the
-        subnet input (d1 + P), its hidden layer before and after ReLU (2 x 2(d1 + P)), the
-        coefficients and the coupling's intermediates (~8 x d2), the output and its affine (4 c)."""
-        d1, d2 = c - c // 2, c // 2
-        hid = d1 + self.condition_vector
-        params = hid * 2 * hid + 2 * hid + 2 * hid * 2 * d2 + 2 * d2 + 2 * c
-        return self.coupling_blocks * params, self.coupling_blocks * (5 * hid + 8 * d2 + 4 * c)
-
-    def _batch_bytes(self, shapes: dict[str, tuple[int, int, int]], itemsize: int) -> float:
-        """The largest layer's feature batch: its cached maps (mapped pages, a copy, a float32
-        copy), its fibers, their position index and random order (int64)."""
-        return self.batch_size * max(c * h * w * (8 + 2 * itemsize) + 16.0 * h * w for c, h, w in shapes.values())
-
-    def fit_bytes(self, shapes: dict[str, tuple[int, int, int]], itemsize: int = 4) -> float:
-        """Peak RSS of fit: the flows with their gradients and Adam's two moments (4 x params),
-        the positional encodings, one feature batch, and one step's activations kept for the
-        backward pass plus their gradients (2 x fiber_batch_size x activations per fiber)."""
-        shapes = {name: shapes[name] for name in self.layers}
-        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
-        step = max(self._flow_floats(c)[1] for c, _, _ in shapes.values())
-        cond = sum(h * w for _, h, w in shapes.values()) * self.condition_vector
-        return (BASELINE_BYTES + 16.0 * params + 4.0 * cond + self._batch_bytes(shapes, itemsize)
-                + 8.0 * self.fiber_batch_size * step)
-
-    def predict_bytes(self, shapes: dict[str, tuple[int, int, int]], n_test: int, image_size: int,
-                      itemsize: int = 4) -> float:
-        """Peak RSS of predict: the flows; one test batch (all layers' maps, then per layer its
-        fibers and repeated positional encodings) and one forward pass of EVAL_FIBERS fibers;
-        the log-likelihoods of all test images (then one layer's in float64); then the maps: the
-        summed map, one layer's upsampled map, the output, a chunk's blur temporaries and the heap
-        glibc keeps between them (measured: six maps' worth), and the finiteness mask."""
-        shapes = {name: shapes[name] for name in self.layers}
-        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
-        b = min(self.batch_size, n_test)
-        cached = sum(c * h * w for c, h, w in shapes.values())
-        batch = b * (cached * (4 + itemsize) + 4.0 * max((c + self.condition_vector) * h * w
-                                                        for c, h, w in shapes.values()))
-        forward = 4.0 * min(EVAL_FIBERS, b * max(h * w for _, h, w in shapes.values())) * max(
-            self._flow_floats(c)[1] // self.coupling_blocks for c, _, _ in shapes.values())
-        grids = 4.0 * n_test * sum(h * w for _, h, w in shapes.values()) + 12.0 * n_test * max(
-            h * w for _, h, w in shapes.values())
-        maps = n_test * image_size ** 2 * (4.0 * 6 + 1)
-        return BASELINE_BYTES + 4.0 * params + grids + max(batch + forward, maps)
-
     def _check(self, estimate: float, fs, what: str, fix: str) -> None:
-        check_memory(estimate, f"CFLOW {what} on {fs.dir} ({len(fs)} images, layers {fs.shapes(self.layers)})", fix)
+        self.guard(estimate, f"CFLOW {what} on {fs.dir} ({len(fs)} images, layers {fs.shapes(self.layers)})", fix)
 
     def fit(self, train) -> None:
         """Train one flow per layer on the cached training features (see module docstring)."""
@@ -255,10 +176,12 @@ class CFlow:
         self.losses = []
         for f in self.flows.values():
             f.train()
+        bar = self.progress(self.epochs * n, f"training ({self.epochs} epochs)", "img")
         for _ in range(self.epochs):
             order = torch.randperm(n, generator=gen)
             total, count = 0.0, 0
             for b0 in range(0, n, self.batch_size):
+                bar.update(min(self.batch_size, n - b0))
                 idx = np.sort(order[b0:b0 + self.batch_size].numpy())
                 for name in self.layers:
                     x = torch.from_numpy(np.asarray(train.array(name)[idx], dtype=np.float32))
@@ -278,6 +201,8 @@ class CFlow:
                         total += float(loss.detach()) * len(sel)
                         count += len(sel)
             self.losses.append(total / max(1, count))
+            bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
+        bar.close()
         for f in self.flows.values():
             f.eval()
 
@@ -288,7 +213,9 @@ class CFlow:
         Written into arrays made once: small results kept per batch between large temporaries
         fragment glibc's heap (see SPADE.grid_scores)."""
         out = {name: torch.empty(len(fs), *fs.shape(name)[1:]) for name in self.layers}
+        bar = self.progress(len(fs), "log-likelihoods", "img")
         for sl, feats in fs.batches(self.layers, self.batch_size):
+            bar.update(sl.stop - sl.start)
             for name in self.layers:
                 x = feats[name]
                 check_finite(x, "cflow test features")
@@ -299,9 +226,13 @@ class CFlow:
                 for s in range(0, e.shape[0], EVAL_FIBERS):
                     lp[s:s + EVAL_FIBERS] = self.flows[name].log_prob_per_dim(e[s:s + EVAL_FIBERS],
                                                                                cond[s:s + EVAL_FIBERS])
+        bar.close()
         return out
 
-    def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
+    def grid_scores(self, test) -> tuple[np.ndarray, torch.Tensor]:
+        """((N,) image scores, (N, S, S) unblurred score maps at the image size): per layer
+        p = exp(log p / C - its max over the test set), upsampled (align_corners=True) and summed;
+        map = max(sum) - sum; an image's score is its map's maximum before the blur."""
         if not self.flows:
             raise RuntimeError("CFlow.predict before fit")
         size = test.image_size
@@ -318,8 +249,8 @@ class CFlow:
         del lp, prob, up
         top = total.max()
         score_map = total.neg_().add_(top)  # max - total, in place: (N, S, S) arrays are the large ones here
-        scores = score_map.flatten(1).max(1).values.double().numpy()
-        maps = blur(score_map, self.sigma).numpy()
-        check_finite(scores, "cflow image scores")
-        check_finite(maps, "cflow anomaly maps")
-        return scores, maps
+        return score_map.flatten(1).max(1).values.double().numpy(), score_map
+
+    def to_maps(self, grid: torch.Tensor, size: int) -> np.ndarray:
+        """The score maps are at the image size already: only the blur."""
+        return blur(grid, self.sigma).numpy()

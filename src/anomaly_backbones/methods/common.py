@@ -1,4 +1,5 @@
-"""Post-processing shared by every method: grid scores -> 224x224 anomaly maps."""
+"""What the methods share: grid scores -> anomaly maps (bilinear upsampling + Gaussian blur, as
+two matmuls), the finiteness check, reusable work buffers, and a batch split across cores."""
 from __future__ import annotations
 
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..features import all_finite
-from ..runner import usable_cpus
+from ..resources import usable_cpus
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -45,12 +46,11 @@ def resize_blur_matrix(n: int, size: int, sigma: float) -> torch.Tensor:
     """(size, n) matrix of "bilinear n -> size, then blur" along one axis.
 
     Both steps are linear and separable, so a map is M_h @ grid @ M_w.T: two small matmuls
-    instead of interpolating and convolving 224x224 images (measured 4 s -> 0.3 s for 583
-    maps). Built by running the same interpolate + blur on basis images: constant along the
-    other axis, where bilinear weights and the normalized reflect-padded blur both sum to one.
-    That axis only needs to be wide enough for the same padding mode (r + 1 columns, not size):
-    the same bits as full size x size basis images (tests/test_maps.py), 25x faster (0.25 s
-    -> 0.01 s for n = 112)."""
+    instead of interpolating and convolving every full-size map. Built by running the same
+    interpolate + blur on basis images: constant along the other axis, where bilinear weights
+    and the normalized reflect-padded blur both sum to one. That axis only needs to be wide
+    enough for the same padding mode (r + 1 columns, not size): the same bits as full size x
+    size basis images (tests/test_maps.py), built in a fraction of the time."""
     r = int(4.0 * sigma + 0.5)
     basis = torch.eye(n, dtype=torch.float32).view(n, 1, n, 1)
     up = F.interpolate(basis, size=(size, 1), mode="bilinear", align_corners=False)
@@ -91,10 +91,10 @@ def check_finite(x: np.ndarray | torch.Tensor, what: str) -> None:
 class Scratch:
     """Float32 work buffers reused from chunk to chunk of a loop, by name.
 
-    Why: on the project's machines the first touch of fresh memory costs about 8x the copy
-    into it (0.12 s per 256 MB against 0.015 s), and glibc maps every allocation above 32 MB
-    afresh; a chunked loop that allocates its chunk each time pays that on every chunk. A
-    buffer grows to the largest shape asked for and is freed with the Scratch."""
+    Why: the first touch of fresh memory costs several times the copy into it (page faults),
+    and glibc maps every allocation above 32 MB afresh; a chunked loop that allocates its chunk
+    each time pays that on every chunk. A buffer grows to the largest shape asked for and is
+    freed with the Scratch."""
 
     def __init__(self):
         self._bufs: dict[str, np.ndarray] = {}
@@ -108,19 +108,15 @@ class Scratch:
         return buf[:size].reshape(shape)
 
 
-__all__ = ["Scratch", "anomaly_maps", "blur", "check_finite", "gaussian_kernel1d", "maps_bytes", "resize_blur_matrix",
-           "upsample_blur", "across_cores"]
-
-
 def across_cores(fn, batch: torch.Tensor, out: torch.Tensor) -> None:
     """out = fn(batch) over the leading (batch) axis, one slice per core, each on its own thread
     with torch single-threaded, each slice's result copied into its part of `out` (the same bits
     as fn(batch) when fn treats batch items independently; no concatenated copy of the whole).
 
     For batched small-matrix LAPACK (thousands of d x d Cholesky factors): MKL parallelizes inside
-    each tiny matrix, not across the batch, so its own threads do not help (measured: the same
-    0.11 s on 1 and 2 threads for 1008 80x80 factors and inverses; with a second busy process on
-    a 2-core machine 20-70x slower), while two slices on two threads take 0.066 s."""
+    each tiny matrix, not across the batch, so its own threads do not help (and collapse when
+    another process is busy on the cores), while one slice per core on its own thread does
+    (docs/performance.md, "PaDiM's inverses")."""
     workers = min(usable_cpus(), batch.shape[0])
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -2,9 +2,9 @@
 
 Why: the textbook greedy (`greedy_reference`: take the point farthest from the chosen set,
 update every point's distance, repeat) is one memory-bound matrix-vector pass over all
-points per center. On the magnetic-tile split (596,624 patches x 128 projected dims,
-59,662 centers) that is ~60k passes over a 300 MB array, half an hour or more on 2 cores
-(anomalib's loop did not finish in 110 minutes).
+points per center: for m centers, m passes over the whole (n, d) array, which for the
+hundreds of thousands of patches of a real training set takes far too long on a CPU
+(docs/performance.md, "PatchCore").
 
 `greedy_batched` makes the same choices with few passes. It keeps a pool of the `pool`
 points now farthest from the chosen set; every point outside the pool is at most tau away
@@ -18,10 +18,9 @@ spread over the data, so most of a pool is picked per round (tens of rounds in a
 - precision "float32" ("exact" in PatchCore): same selection as the textbook loop, up to
   float rounding of exact ties (tests check identical indices against a float64 brute force).
 - precision "bfloat16" ("fast", the default): the all-points update runs in bfloat16
-  (~3x the fp32 GEMM rate on CPUs with AVX512-BF16; distance error ~0.2 % on average, the
-  pool itself is kept in fp32), so a pick may be a near-farthest point. On the
-  magnetic-tile split it gives a covering radius and image ROC-AUC equal to exact's within
-  noise (see the PatchCore module docstring for the figures).
+  (a multiple of the fp32 GEMM rate on CPUs with AVX512-BF16; distance error ~0.2 % on
+  average, the pool itself is kept in fp32), so a pick may be a near-farthest point. Its
+  covering radius and ROC-AUC against exact's: docs/performance.md, "PatchCore".
 Ties go to the lowest index; chosen points are marked -1 so exact duplicates (distance 0)
 are still taken, in index order, before anything is chosen twice.
 """
@@ -100,8 +99,8 @@ def _update(dist: torch.Tensor, x: torch.Tensor, xx: torch.Tensor, centers: torc
             block_elems: int, low: torch.Tensor | None = None) -> None:
     """dist = min(dist, squared distance to the nearest of `centers`), one GEMM per row block.
 
-    With `low` (a bfloat16 copy of x) the products run in bfloat16: ~3x the fp32 GEMM rate on
-    CPUs with AVX512-BF16/AMX, at an error of about 2^-8 * |xx - d| per distance.
+    With `low` (a bfloat16 copy of x) the products run in bfloat16: faster than fp32 on CPUs
+    with AVX512-BF16/AMX, at an error of about 2^-8 * |xx - d| per distance.
     """
     c = centers
     cc = (c * c).sum(1)
@@ -125,7 +124,7 @@ def _update(dist: torch.Tensor, x: torch.Tensor, xx: torch.Tensor, centers: torc
 
 
 def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precision: str = "float32",
-                   block_elems: int = UPDATE_BLOCK_ELEMS, copy: bool = True) -> torch.Tensor:
+                   block_elems: int = UPDATE_BLOCK_ELEMS, copy: bool = True, progress=None) -> torch.Tensor:
     """Greedy k-center with batched updates (see module docstring).
 
     precision "float32" (or float64 input): the same selection as `greedy_reference`.
@@ -134,7 +133,8 @@ def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precis
     `pool`: candidates kept per round (more = larger batches, fewer passes over x);
     `block_elems`: size of one distance block (rows x new centers), bounds temporary memory.
     `copy=False` centres a float32 x in place (the caller's tensor changes): no second copy of
-    what is usually the largest array of the process.
+    what is usually the largest array of the process. `progress(k)` is called with the number of
+    centers each round adds (a progress bar's update).
     """
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be float32 or bfloat16, not {precision!r}")
@@ -175,6 +175,8 @@ def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precis
         else:
             new = idx[torch.tensor(picks)]
         sel.extend(int(v) for v in new)
+        if progress is not None:
+            progress(len(new))
         _update(dist, x, xx, x[new], block_elems, low)
         dist[new] = -1.0
     return torch.tensor(sel[:m], dtype=torch.long)

@@ -9,9 +9,12 @@ Memory: the cached features are read by chunks of grid rows (all images, only th
 channels; a range of images per read, so the cache pages mapped at once stay bounded), so the
 training set is never held at once; each chunk's covariances are one batched matmul over all
 images, inverted before the next chunk. The only large array is the (positions, d, d)
-inverse covariance: 3136*550*550*4 B = 3.5 GiB for WideResNet-50-2 with d=550 on a 56x56
-grid. fit_bytes/predict_bytes estimate the whole peak, which the memory guards check; there
-(1,000 training images, bench/padim_memory.py) the peak is 4.70 GiB, estimated 4.61.
+inverse covariance (positions x d x d float32: 3136 x 550 x 550 x 4 B = 3.5 GiB for
+WideResNet-50-2 with d=550 on a 56x56 grid). The memory guards check the estimates of
+methods/memory.py before fit and predict (bench/padim_memory.py measures the heaviest case).
+
+Params (resolved): d (an int, or "all"), chunk_mb (a chunk's (positions, images, d) block),
+sigma (map blur).
 """
 from __future__ import annotations
 
@@ -21,24 +24,14 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..features import MAP_BYTES, FeatureSet
-from ..runner import BASELINE_BYTES, check_memory
-from .common import Scratch, across_cores, anomaly_maps, check_finite, maps_bytes
+from ..features import FeatureSet
+from .base import Method
+from .common import Scratch, across_cores, check_finite
+from .grid import largest_grid, upsample_concat
+from .memory import PaDiMMemory
 
 EPS = 0.01
 PRODUCT_SPLIT = 8  # predict: the product with the inverse covariances is taken in this many parts per chunk
-
-
-def _upsample_into(dst: torch.Tensor, row: torch.Tensor) -> None:
-    """dst (W, n, c) = row (w, n, c) upsampled along its first axis by nearest neighbour
-    (src = floor(x * w / W), as F.interpolate). An integer factor is a broadcast copy into a
-    view of dst (no temporary); another ratio gathers the source columns first."""
-    W, w = dst.shape[0], row.shape[0]
-    if W % w == 0:
-        f = W // w
-        dst.view(w, f, *dst.shape[1:]).copy_(row.unsqueeze(1).expand(w, f, *row.shape[1:]))
-    else:
-        dst.copy_(row.index_select(0, torch.arange(W) * w // W))
 
 
 def _inverse(cov: torch.Tensor) -> torch.Tensor:
@@ -53,28 +46,55 @@ def _inverse(cov: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-class PaDiM:
-    def __init__(self, params: dict, layers: list[str], seed: int):
-        self.d_param = params.get("d", "auto")
-        self.budget_bytes = float(params.get("chunk_mb", 256)) * 2**20   # a chunk's (p, n, d) slice
-        self.sigma = float(params.get("sigma", 4.0))
-        self.layers = list(layers)
-        self.seed = int(seed)
+def _resolve_d(d, dim: int, registry_d) -> int:
+    """PaDiM's d for features of `dim` channels: `auto` -> registry_d (None or "all": every
+    channel; never above dim, since the registry's d is for its default layers); "all" -> dim;
+    an int must be in [1, dim]."""
+    dim = int(dim)
+    if d == "auto":
+        return dim if registry_d in (None, "all") else min(int(registry_d), dim)
+    if d == "all":
+        return dim
+    if not 1 <= d <= dim:
+        raise UserError(f"`padim.d` = {d} is out of range: the features have dim {dim} channels, so d must "
+                        f"be in [1, {dim}] (or 'auto' / 'all').")
+    return int(d)
+
+
+class PaDiM(PaDiMMemory, Method):
+    """Per-position Gaussians of the embedding; score = Mahalanobis distance."""
+
+    name = "padim"
+
+    def configure(self, p: dict) -> None:
+        self.d_param = p["d"]
+        self.budget_bytes = p["chunk_mb"] * 2**20   # a chunk's (p, n, d) slice
+        self.sigma = p["sigma"]
+
+    @classmethod
+    def resolve_params(cls, group: dict, *, backbone: str, layers: list[str], shapes: dict | None) -> dict:
+        """d: `auto` -> the registry's d for the backbone (all channels where it has none). Needs
+        `shapes` (the channels of `layers`); without them the group is returned as given."""
+        g = dict(group)
+        if shapes is not None:
+            from ..backbones import get_entry
+
+            entry = get_entry(backbone)
+            g["d"] = _resolve_d(g["d"], sum(shapes[layer][0] for layer in layers), entry and entry["d"])
+        return g
 
     # -- embedding -------------------------------------------------------------------
     def _select(self, fs: FeatureSet) -> None:
-        """Resolve d and draw R_d once: which channels of which layer to keep."""
-        from ..backbones import resolve_d
-
+        """Draw R_d once: which channels of which layer to keep."""
         dims = [fs.shape(layer)[0] for layer in self.layers]
         total = int(sum(dims))
-        d = resolve_d(fs.meta.get("backbone", ""), self.d_param, total)
+        d = _resolve_d(self.d_param, total, None)
         rng = np.random.default_rng(self.seed)
         chosen = np.sort(rng.choice(total, size=d, replace=False)) if d < total else np.arange(total)
         offsets = np.cumsum([0] + dims)
         self.channels = {layer: chosen[(chosen >= lo) & (chosen < hi)] - lo
                          for layer, lo, hi in zip(self.layers, offsets[:-1], offsets[1:])}
-        self.grid = max((fs.shape(layer)[1:] for layer in self.layers), key=lambda s: s[0] * s[1])
+        self.grid = largest_grid(fs.shape(layer) for layer in self.layers)
         self.d = d
 
     def _rows(self, fs: FeatureSet, r0: int, r1: int, scratch: Scratch) -> torch.Tensor:
@@ -94,8 +114,7 @@ class PaDiM:
             if len(ch) == 0:
                 continue
             c, h, w = fs.shape(layer)
-            ri = (np.arange(r0, r1) * h) // H
-            lo, hi = int(ri.min()), int(ri.max()) + 1
+            lo, hi = (r0 * h) // H, ((r1 - 1) * h) // H + 1     # the source rows of grid rows r0:r1
             subset = torch.from_numpy(ch) if len(ch) < c else None
             for sl in fs.groups(layer):
                 with warnings.catch_warnings():   # a read-only cache map: torch only reads it
@@ -105,38 +124,15 @@ class PaDiM:
                     a = a.index_select(1, subset)
                 t = torch.from_numpy(scratch.get("transposed", (hi - lo, w, a.shape[0], len(ch))))
                 t.copy_(a.permute(2, 3, 0, 1))   # (rows, w, n, c), float32 from any cache dtype
-                dst = out[:, :, sl, off:off + len(ch)]
-                for r, src in enumerate(ri - lo):      # row by row: whole (n, c) blocks, torch copies on all cores
-                    _upsample_into(dst[r], t[src])
+                # (n, rows, W, c) views of (rows, W, n, c) memory: the bmm layout, no further copy
+                upsample_concat([t.permute(2, 0, 1, 3)], (H, W), rows=(r0, r1),
+                                out=out[:, :, sl, off:off + len(ch)].permute(2, 0, 1, 3))
             off += len(ch)
         return out.view(-1, len(fs), self.d)   # NaN/Inf: checked on what fit and distances compute from it
 
-    def fit_bytes(self, n: int) -> float:
-        """Peak RSS of fit: the baseline, the inverse covariances, and the larger of a chunk's
-        read (its (p, n, d) slice, plus mapped cache pages and gather temporaries) and its
-        compute: the slice, centred in place, then the covariance, Cholesky factor and inverse
-        (3 x p*d*d). With few images the d*d terms dominate the chunk."""
-        H, W = self.grid
-        r0, r1 = self._row_chunks(n)[0]
-        p = (r1 - r0) * W
-        inv_cov = 4.0 * H * W * self.d * self.d
-        sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
-        return BASELINE_BYTES + inv_cov + max(sl + 2 * MAP_BYTES, sl + cov, 3 * cov)
-
-    def predict_bytes(self, n: int, image_size: int) -> float:
-        """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
-        slice and a PRODUCT_SPLIT-th of its product with the inverse covariances, and the maps."""
-        H, W = self.grid
-        r0, r1 = self._row_chunks(n)[0]
-        sl = 4.0 * n * self.d * (r1 - r0) * W
-        model = 4.0 * H * W * self.d * (self.d + 1)
-        return (BASELINE_BYTES + model + sl + max(2 * MAP_BYTES, sl / PRODUCT_SPLIT) + 4.0 * n * H * W
-                + maps_bytes(n, image_size))
-
     def _row_chunks(self, n: int):
         """Row ranges whose (n, d, rows*W) float32 slice fits the memory budget. Each chunk reads
-        every image's cache pages again (measured ~0.5 M page faults for the 28 chunks of the
-        112x112 grid's fit at 128 MB), so fewer, larger chunks are faster."""
+        every image's cache pages again, so fewer, larger chunks are faster."""
         H, W = self.grid
         rows = max(1, min(H, int(self.budget_bytes // (n * self.d * W * 4))))
         return [(r, min(r + rows, H)) for r in range(0, H, rows)]
@@ -150,13 +146,15 @@ class PaDiM:
         if n < 2:
             raise UserError(f"PaDiM needs at least 2 training images for a covariance ({train.dir}: {n}).")
         H, W = self.grid
-        check_memory(self.fit_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
-                     "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
+        self.guard(self.fit_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
+                   "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
         self.mean = torch.empty(self.d, H * W, dtype=torch.float32)
         self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
         eye = torch.eye(self.d) * EPS
         scratch = Scratch()
-        for r0, r1 in self._row_chunks(n):
+        chunks = self._row_chunks(n)
+        bar = self.progress(H * W, "fit (positions)", "pos")
+        for r0, r1 in chunks:
             xc = self._rows(train, r0, r1, scratch)                    # (p, n, d)
             mu = xc.mean(1)                                            # (p, d)
             check_finite(mu, f"features of {train.dir}")               # NaN/Inf survive a mean
@@ -166,15 +164,22 @@ class PaDiM:
             self.mean[:, r0 * W:r1 * W] = mu.T
             across_cores(_inverse, cov, out=self.inv_cov[r0 * W:r1 * W])
             del cov  # not alive while the next chunk is read
+            bar.update((r1 - r0) * W)
+        bar.close()
 
     # -- predict -----------------------------------------------------------------------
-    def distances(self, test: FeatureSet) -> np.ndarray:
-        """(N, h, w) Mahalanobis distances on the feature grid. Per chunk of grid rows, the
+    def grid_scores(self, test: FeatureSet) -> tuple[None, np.ndarray]:
+        """(None, (N, h, w) Mahalanobis distances on the feature grid): the image score is the
+        maximum of the anomaly map. Per chunk of grid rows, the
         product with the inverse covariances is taken PRODUCT_SPLIT positions' worth at a time
         into one small buffer, so a chunk holds one (p, N, d) block, not two."""
         H, W = self.grid
+        self.guard(self.predict_bytes(len(test), test.image_size),
+                   f"PaDiM predict on {test.dir} ({len(test)} images, {H}x{W} grid, d={self.d})",
+                   "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
         out = np.empty((len(test), H * W), np.float32)
         scratch = Scratch()
+        bar = self.progress(H * W, "predict (positions)", "pos")
         for r0, r1 in self._row_chunks(len(test)):
             delta = self._rows(test, r0, r1, scratch).sub_(self.mean[:, r0 * W:r1 * W].T.unsqueeze(1))  # (p, N, d)
             step = -(-delta.shape[0] // PRODUCT_SPLIT)
@@ -185,13 +190,7 @@ class PaDiM:
                 m = torch.bmm(dl, self.inv_cov[pos], out=buf[:len(dl)]).mul_(dl)   # in place: no third array
                 out[:, pos] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
             del delta  # not alive while the next chunk is read
+            bar.update((r1 - r0) * W)
+        bar.close()
         check_finite(out, f"features of {test.dir}")   # NaN/Inf survive the distance
-        return out.reshape(-1, H, W)
-
-    def predict(self, test: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
-        H, W = self.grid
-        check_memory(self.predict_bytes(len(test), test.image_size),
-                     f"PaDiM predict on {test.dir} ({len(test)} images, {H}x{W} grid, d={self.d})",
-                     "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
-        maps = anomaly_maps(self.distances(test), test.image_size, self.sigma)
-        return maps.reshape(len(maps), -1).max(1), maps
+        return None, out.reshape(-1, H, W)

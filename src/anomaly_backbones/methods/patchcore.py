@@ -11,7 +11,7 @@ reduced to `dim` by adaptive average pooling over channels (as the paper's code 
 With fewer channels than `dim` the vector is kept as it is (pooling "up" would only repeat
 channels and reweight the distance).
 
-Params (params["patchcore"]), defaults in DEFAULTS:
+Params (params["patchcore"], defaults in the registry, methods/__init__.py):
 - layers: "auto" or a list of cached layers. "auto" takes the top-level `layers` without its
   first (shallowest) entry when there are 3 or more (the paper's layer2+layer3 of a 4-stage
   net; e.g. [blocks.1, blocks.2, blocks.4] -> [blocks.2, blocks.4]), else all of them.
@@ -30,13 +30,8 @@ w = 1 - softmax(-)[m*] over the Euclidean distances from the test patch to those
 i.e. 1 - exp(|m_test - m*|) / sum_{m in N_b(m*)} exp(|m_test - m|); score = w * s*
 (neighbors == 1: score = s*). Map: patch distances -> bilinear to image size -> blur sigma 4.
 
-Measured on the magnetic-tile split (761 train / 583 test images, tf_efficientnet_lite0,
-layers auto -> blocks.2 + blocks.4: 596,624 patches of 152 dims, 59,662 centers), 2 CPU cores
-shared with other jobs:
-| coreset | fit s | predict s | image ROC-AUC | pixel ROC-AUC | covering radius (projected) |
-| fast    |  71   |   198     | 0.9775        | 0.8493        | 13.87 |
-| exact   | 149   |   193     | 0.9792        | 0.8494        | 13.71 |
-(published PatchCore on this split: 0.979.)
+Fit and predict times and ROC-AUC of both coreset modes on the magnetic-tile split:
+docs/performance.md ("PatchCore").
 """
 from __future__ import annotations
 
@@ -45,35 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..runner import BASELINE_BYTES, check_memory
-from .common import anomaly_maps, check_finite, maps_bytes
-from .coreset import UPDATE_BLOCK_ELEMS, coreset_size, greedy_batched, sparse_random_projection
-
-DEFAULTS = {
-    "layers": "auto",
-    "coreset_ratio": 0.1,
-    "coreset": "fast",
-    "dim": 1024,
-    "neighbors": 9,
-    "projection_dim": 128,
-    "batch_size": 32,
-    "sigma": 4.0,
-}
+from .base import Method
+from .common import check_finite
+from .coreset import coreset_size, greedy_batched, sparse_random_projection
+from .memory import PatchCoreMemory
 
 BLOCK_ELEMS = 1 << 24  # one distance block: 16M float32 = 64 MiB
-
-
-def resolve_layers(spec, layers: list[str]) -> list[str]:
-    """The `layers` param: "auto" (see module docstring) or an explicit non-empty list."""
-    if spec == "auto":
-        if not layers:
-            raise UserError("patchcore: `layers` is empty; set the top-level `layers` param")
-        return list(layers[1:]) if len(layers) >= 3 else list(layers)
-    if isinstance(spec, str):
-        spec = [spec]
-    if not isinstance(spec, (list, tuple)) or not spec or not all(isinstance(s, str) for s in spec):
-        raise UserError(f"patchcore.layers must be \"auto\" or a list of layer names, not {spec!r}")
-    return list(spec)
 
 
 def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
@@ -117,30 +89,31 @@ def reweighted_score(patch_dist: torch.Tensor, nn_idx: torch.Tensor, patches: to
     return (w * s_star.double()).to(patch_dist.dtype)
 
 
-class PatchCore:
+class PatchCore(PatchCoreMemory, Method):
     """Coreset memory bank of aggregated patch features; nearest-neighbour scoring."""
 
-    def __init__(self, params: dict, layers: list[str], seed: int = 1024):
-        p = dict(DEFAULTS)
-        unknown = set(params or {}) - set(DEFAULTS)
-        if unknown:
-            raise UserError(f"patchcore: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        p.update(params or {})
-        self.layers = resolve_layers(p["layers"], layers)
-        self.ratio = float(p["coreset_ratio"])
-        if not 0.0 < self.ratio <= 1.0:
-            raise UserError(f"patchcore.coreset_ratio must be in (0, 1], got {p['coreset_ratio']!r}")
-        if p["coreset"] not in ("fast", "exact"):
-            raise UserError(f"patchcore.coreset must be \"fast\" or \"exact\", got {p['coreset']!r}")
+    name = "patchcore"
+
+    @classmethod
+    def resolve_params(cls, group: dict, *, backbone: str, layers: list[str], shapes: dict | None) -> dict:
+        """layers: "auto" -> `layers` without its first (shallowest) entry when there are 3 or
+        more, else all of them; a list stays."""
+        g = dict(group)
+        if g["layers"] == "auto":
+            g["layers"] = list(layers[1:]) if len(layers) >= 3 else list(layers)
+        return g
+
+    @classmethod
+    def cached_layers(cls, group: dict, layers: list[str]) -> list[str]:
+        return cls.resolve_params(group, backbone="", layers=layers, shapes=None)["layers"]
+
+    def configure(self, p: dict) -> None:
+        """`self.layers` becomes the method's own (resolved) layers among the top-level ones."""
+        self.layers = self.resolve_params(p, backbone="", layers=self.layers, shapes=None)["layers"]
+        self.ratio = p["coreset_ratio"]
         self.coreset = p["coreset"]
-        self.dim = int(p["dim"])
-        self.neighbors = int(p["neighbors"])
-        self.projection_dim = int(p["projection_dim"])
-        self.batch_size = int(p["batch_size"])
-        self.sigma = float(p["sigma"])
-        if self.dim < 1 or self.neighbors < 1 or self.projection_dim < 1 or self.batch_size < 1:
-            raise UserError("patchcore: dim, neighbors, projection_dim and batch_size must be >= 1")
-        self.seed = int(seed)
+        self.dim, self.neighbors = p["dim"], p["neighbors"]
+        self.projection_dim, self.batch_size, self.sigma = p["projection_dim"], p["batch_size"], p["sigma"]
         self.bank: torch.Tensor | None = None
         self.coreset_idx: torch.Tensor | None = None
 
@@ -157,49 +130,9 @@ class PatchCore:
             e = F.adaptive_avg_pool1d(e.unsqueeze(1), self.dim).squeeze(1)
         return e.contiguous(), (int(h), int(w))
 
-    def _sizes(self, shapes: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
-        """(patches per image, channels of a bank vector, channels the coreset runs on)."""
-        shapes = [shapes[name] for name in self.layers]
-        hw = max(sh[1] * sh[2] for sh in shapes)
-        c = min(sum(sh[0] for sh in shapes), self.dim)
-        return hw, c, self.projection_dim if c > self.projection_dim else c
-
-    def _batch_bytes(self, shapes: dict[str, tuple[int, int, int]], itemsize: int) -> float:
-        """One feature batch through embed: the cached maps (mapped pages, a float32 copy), their
-        3x3 averages, the upsampled, concatenated and reshaped maps, the pooled and the projected
-        vectors."""
-        hw, c, p = self._sizes(shapes)
-        full = sum(shapes[name][0] for name in self.layers)
-        cached = sum(shapes[name][0] * shapes[name][1] * shapes[name][2] for name in self.layers)
-        return self.batch_size * (cached * (8 + itemsize) + 4.0 * hw * (3 * full + c + p))
-
-    def fit_bytes(self, shapes: dict[str, tuple[int, int, int]], n_img: int, itemsize: int = 4) -> float:
-        """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32);
-        during the coreset (which centres them in place) their bfloat16 copy ("fast"), per-patch
-        norms, distances and temporaries, one distance block, and the heap glibc keeps from the
-        first pass's batch temporaries (measured ~0.1 GiB on MTD shapes); then the bank
-        (coreset_ratio of the patches x min(C, dim)) while a batch is embedded again."""
-        hw, c, p = self._sizes(shapes)
-        n = n_img * hw
-        x = 4.0 * n * p
-        low = 2.0 * n * p if self.coreset == "fast" else 0.0
-        block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
-        batch = self._batch_bytes(shapes, itemsize)
-        cover = x + low + 20.0 * n + block + batch
-        bank = 4.0 * coreset_size(n, self.ratio) * c
-        return BASELINE_BYTES + max(x + batch, cover, bank + batch)
-
-    def predict_bytes(self, shapes: dict[str, tuple[int, int, int]], n_test: int, bank_rows: int,
-                      image_size: int, itemsize: int = 4) -> float:
-        """Peak RSS of predict: the bank and its norms, one embedded batch and its distance
-        block, the grids, the anomaly maps and their finiteness mask."""
-        hw, c, _ = self._sizes(shapes)
-        return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * BLOCK_ELEMS
-                + 4.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
-
     def _check(self, estimate: float, fs, what: str, fix: str) -> None:
         hw, c, p = self._sizes(fs.shapes(self.layers))
-        check_memory(estimate, f"PatchCore {what} on {fs.dir} ({len(fs)} images x {hw} patches, {c} dims, "
+        self.guard(estimate, f"PatchCore {what} on {fs.dir} ({len(fs)} images x {hw} patches, {c} dims, "
                                f"coreset on {p} dims)", fix)
 
     def fit(self, train) -> None:
@@ -226,7 +159,8 @@ class PatchCore:
         g = torch.Generator().manual_seed(self.seed)
         start = int(torch.randint(n, (1,), generator=g))
         precision = "bfloat16" if self.coreset == "fast" else "float32"
-        idx = greedy_batched(x, m, start, precision=precision, copy=False)  # centres x in place
+        with self.progress(m, "coreset", "center") as bar:
+            idx = greedy_batched(x, m, start, precision=precision, copy=False, progress=bar.update)  # centres x in place
         del x
         self.coreset_idx = idx
         # second pass: full-dimensional vectors of the chosen patches
@@ -245,7 +179,7 @@ class PatchCore:
         self.bank = bank.contiguous()
         self._bank_sq = (self.bank * self.bank).sum(1)
 
-    def patch_scores(self, test) -> tuple[np.ndarray, np.ndarray]:
+    def grid_scores(self, test) -> tuple[np.ndarray, np.ndarray]:
         """(N,) image scores and (N, h, w) patch distances before upsampling."""
         if self.bank is None:
             raise RuntimeError("PatchCore.predict before fit")
@@ -255,6 +189,7 @@ class PatchCore:
                     "the anomaly maps of the whole test set are a fixed part.")
         # results go into arrays made once (per-batch pieces fragment the heap, see SPADE.grid_scores)
         scores, grid = np.empty(len(test), np.float64), None
+        bar = self.progress(len(test), "nearest-neighbour search", "img")
         for sl, feats in test.batches(self.layers, self.batch_size):
             e, (h, w) = self.embed(feats)
             check_finite(e, "patchcore test features")
@@ -267,11 +202,6 @@ class PatchCore:
                                                               self._bank_sq))
             grid = torch.empty(len(test), h, w) if grid is None else grid
             grid[sl] = dist.view(-1, h, w)
+            bar.update(sl.stop - sl.start)
+        bar.close()
         return scores, grid.numpy()
-
-    def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
-        scores, grid = self.patch_scores(test)
-        maps = anomaly_maps(grid, test.image_size, sigma=self.sigma)
-        check_finite(scores, "patchcore image scores")
-        check_finite(maps, "patchcore anomaly maps")
-        return scores, maps

@@ -20,13 +20,11 @@ a running top-kappa; the full positions x gallery matrix never exists. Tile shap
 only on the grid, never on chunk_mb or K, so the result is the same for every budget (BLAS
 may round differently when a GEMM's shape changes). Cost is one GEMM over positions x
 K*h*w x channels per test image (2 * h*w * K*h*w * C flops), exact, deterministic.
-Magnetic-tile shapes (synthetic features, 761 train / 583 test, K=50 images of 56x56
-positions x 176 dims; bench/memory.py spade), 2 shared cores: peak RSS 0.88 GiB (estimated
-0.94), 0.92 s per test image; before the buffers were reused, 7.4 GiB (the heap grew ~11 MB
-per test image) and 1.74 s, with identical values.
+bench/memory.py spade measures the peak and time on the magnetic-tile shapes.
 
-Params (params["spade"]): k (50), kappa (1), chunk_mb (gallery maps built at once, 64),
-batch_size (test images per feature batch, 16), sigma (4.0).
+Params (params["spade"]): k (nearest training images), kappa (nearest gallery vectors per test
+position), chunk_mb (gallery maps built at once), batch_size (test images per feature batch),
+sigma (map blur).
 """
 from __future__ import annotations
 
@@ -34,18 +32,17 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
-from ..runner import BASELINE_BYTES, check_memory
-from .common import anomaly_maps, check_finite, maps_bytes
-
-DEFAULTS = {"k": 50, "kappa": 1, "chunk_mb": 64, "batch_size": 16, "sigma": 4.0}
+from .base import Method
+from .common import check_finite
+from .grid import largest_grid, upsample_concat
+from .memory import SPADEMemory, spade_image_bytes
 
 TILE_ELEMS = 1 << 24  # one distance tile: at most 16M float32 = 64 MiB
 
 
-def _tile_rows(n: int, g: int) -> int:
+def tile_rows(n: int, g: int) -> int:
     """Query rows per tile against a block of g gallery rows: never depends on the budget."""
     return max(1, min(n, TILE_ELEMS // g))
 
@@ -65,7 +62,7 @@ def knn_mean_distance(queries: torch.Tensor, blocks: Iterable[torch.Tensor], kap
     buf = torch.empty(0) if buf is None else buf
     for block in blocks:
         g = block.shape[0]
-        rows = _tile_rows(n, g)
+        rows = tile_rows(n, g)
         if buf.numel() < rows * g:
             buf = torch.empty(rows * g)
         b_sq = (block * block).sum(1).unsqueeze(0)
@@ -84,39 +81,15 @@ def knn_mean_distance(queries: torch.Tensor, blocks: Iterable[torch.Tensor], kap
     return (best + q_sq.unsqueeze(1)).clamp_min_(0.0).sqrt_().mean(1)
 
 
-def _grid(shapes: dict[str, tuple[int, int, int]]) -> tuple[int, int]:
-    """(h, w) of the largest map: the grid every layer is upsampled to."""
-    return max((tuple(s[1:]) for s in shapes.values()), key=lambda s: s[0] * s[1])
-
-
-def _image_bytes(shapes: dict[str, tuple[int, int, int]], itemsize: int) -> float:
-    """Memory one image takes while its maps are concatenated: its cached maps (mapped pages, a
-    copy, a float32 copy unless the cache is float32), the (h, w, C) float32 result, and one
-    upsampled layer where a scale factor is not an integer (F.interpolate's output)."""
-    h, w = _grid(shapes)
-    c = sum(s[0] for s in shapes.values())
-    cached = sum(s[0] * s[1] * s[2] for s in shapes.values())
-    odd = max([s[0] for s in shapes.values() if h % s[1] or w % s[2]], default=0)
-    return 4.0 * h * w * (c + odd) + (2 * itemsize + (4 if itemsize != 4 else 0)) * cached
-
-
-class SPADE:
+class SPADE(SPADEMemory, Method):
     """kNN over pooled image features, then kNN over the chosen images' positions."""
 
-    def __init__(self, params: dict, layers: list[str], seed: int = 1024):
-        unknown = set(params or {}) - set(DEFAULTS)
-        if unknown:
-            raise UserError(f"spade: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        p = {**DEFAULTS, **(params or {})}
-        self.k, self.kappa, self.batch_size = int(p["k"]), int(p["kappa"]), int(p["batch_size"])
-        self.budget_bytes, self.sigma = float(p["chunk_mb"]) * 2**20, float(p["sigma"])
-        if min(self.k, self.kappa, self.batch_size) < 1 or self.budget_bytes <= 0:
-            raise UserError("spade: k, kappa and batch_size must be >= 1 and chunk_mb > 0")
-        if not layers:
-            raise UserError("spade: `layers` is empty; set the top-level `layers` param")
-        self.layers = list(layers)
-        self.seed = seed  # SPADE makes no random choice
-        self.train = None
+    name = "spade"
+
+    def configure(self, p: dict) -> None:
+        self.k, self.kappa, self.batch_size = p["k"], p["kappa"], p["batch_size"]
+        self.budget_bytes, self.sigma = p["chunk_mb"] * 2**20, p["sigma"]
+        self.train = None                       # SPADE makes no random choice: `seed` is unused
         self.train_vec: torch.Tensor | None = None
 
     def _deepest(self, fs) -> str:
@@ -131,28 +104,18 @@ class SPADE:
         return torch.cat(out)
 
     def _concat(self, feats: dict[str, torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-        """{layer: (B, C, H, W)} -> (B, h, w, sum C) at the largest map, nearest upsampling.
-        Each layer is written straight into its channel slice (of `out` when given); at an
-        integer scale factor nearest upsampling is a broadcast copy (F.interpolate's values)."""
+        """{layer: (B, C, H, W)} -> (B, h, w, sum C) at the largest map (grid.upsample_concat),
+        written into `out` when given."""
         maps = [feats[name] for name in self.layers]
-        h, w = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+        h, w = largest_grid(m.shape for m in maps)
         b = maps[0].shape[0]
         out = torch.empty(b, h, w, sum(m.shape[1] for m in maps)) if out is None else out[:b]
-        c0 = 0
-        for m in maps:
-            c, mh, mw = m.shape[1:]
-            dst = out[..., c0:c0 + c]
-            if h % mh == 0 and w % mw == 0:
-                dst.view(b, mh, h // mh, mw, w // mw, c).copy_(m.permute(0, 2, 3, 1)[:, :, None, :, None])
-            else:
-                dst.copy_(F.interpolate(m.float(), size=(h, w), mode="nearest").permute(0, 2, 3, 1))
-            c0 += c
-        return out
+        return upsample_concat([m.permute(0, 2, 3, 1) for m in maps], (h, w), out=out)
 
     def _group(self, shapes: dict[str, tuple[int, int, int]], itemsize: int) -> int:
-        """Training images per gallery group: what they take while concatenated (_image_bytes)
+        """Training images per gallery group: what they take while concatenated (spade_image_bytes)
         fits chunk_mb."""
-        return max(1, int(self.budget_bytes // _image_bytes(shapes, itemsize)))
+        return max(1, int(self.budget_bytes // spade_image_bytes(shapes, itemsize)))
 
     def fit(self, train) -> None:
         """Keep the training cache and its pooled vectors (SPADE has nothing to learn)."""
@@ -174,40 +137,29 @@ class SPADE:
             del feats
             yield from g.reshape(len(part), -1, g.shape[-1])
 
-    def predict_bytes(self, shapes: dict[str, tuple[int, int, int]], n_test: int, n_train: int,
-                      image_size: int, itemsize: int = 4) -> float:
-        """Peak RSS of predict: baseline; one test batch and one gallery group (see _image_bytes);
-        one distance tile; the grids, the anomaly maps and their finiteness mask."""
-        shapes = {name: shapes[name] for name in self.layers}
-        h, w = _grid(shapes)
-        hw = h * w
-        images = min(self.batch_size, n_test) + min(self._group(shapes, itemsize), self.k, n_train)
-        tile = 4.0 * _tile_rows(hw, hw) * hw
-        return (BASELINE_BYTES + images * _image_bytes(shapes, itemsize) + tile + 4.0 * n_test * hw
-                + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
-
     def grid_scores(self, test) -> tuple[np.ndarray, np.ndarray]:
         """(N,) image scores and (N, h, w) patch scores before upsampling and blur."""
         if self.train_vec is None:
             raise RuntimeError("SPADE.predict before fit")
         k = min(self.k, self.train_vec.shape[0])
         shapes = test.shapes(self.layers)
-        check_memory(self.predict_bytes(shapes, len(test), len(self.train), test.image_size, test.itemsize),
-                     f"SPADE on {test.dir} ({len(test)} test images, K={k}, layers {shapes})",
-                     "lower `spade.chunk_mb` (gallery maps built at once) or `spade.batch_size` (test images "
-                     "per batch); the anomaly maps of the whole test set are a fixed part.")
+        self.guard(self.predict_bytes(shapes, len(test), len(self.train), test.image_size, test.itemsize),
+                   f"SPADE on {test.dir} ({len(test)} test images, K={k}, layers {shapes})",
+                   "lower `spade.chunk_mb` (gallery maps built at once) or `spade.batch_size` (test images "
+                   "per batch); the anomaly maps of the whole test set are a fixed part.")
         test_vec = self._pooled(test)
         check_finite(test_vec, "spade test features")
         d2 = torch.cdist(test_vec, self.train_vec).pow(2)  # float64, small
         knn_d2, knn_idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
         scores = knn_d2.mean(1).numpy()
-        h, w = _grid(shapes)
+        h, w = largest_grid(shapes.values())
         # Buffers made once: small long-lived arrays allocated per image between large
-        # short-lived ones fragment glibc's heap (measured: +11 MB RSS per test image).
+        # short-lived ones fragment glibc's heap (the RSS then grows with every test image).
         grid = torch.empty(len(test), h, w)
         group = min(self._group(self.train.shapes(self.layers), self.train.itemsize), k)
         gallery = torch.empty(group, h, w, sum(s[0] for s in shapes.values()))
-        tile = torch.empty(_tile_rows(h * w, h * w) * h * w)
+        tile = torch.empty(tile_rows(h * w, h * w) * h * w)
+        bar = self.progress(len(test), "gallery search", "img")
         for sl, feats in test.batches(self.layers, self.batch_size):
             x = self._concat(feats)
             check_finite(x, "spade test features")
@@ -215,11 +167,6 @@ class SPADE:
                 q = x[b].reshape(-1, x.shape[-1])
                 blocks = self._gallery(knn_idx[sl.start + b].numpy(), gallery)
                 grid[sl.start + b] = knn_mean_distance(q, blocks, self.kappa, tile).view(h, w)
+                bar.update(1)
+        bar.close()
         return scores.astype(np.float64), grid.numpy()
-
-    def predict(self, test) -> tuple[np.ndarray, np.ndarray]:
-        scores, grid = self.grid_scores(test)
-        maps = anomaly_maps(grid, test.image_size, sigma=self.sigma)
-        check_finite(scores, "spade image scores")
-        check_finite(maps, "spade anomaly maps")
-        return scores, maps

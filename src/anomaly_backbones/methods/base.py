@@ -1,0 +1,137 @@
+"""What every anomaly detection method provides: the `Method` contract.
+
+A method is a class registered in `anomaly_backbones.methods.METHODS` with its params schema
+(the registry is data, so every stage validates every method's params without importing torch):
+
+    m = Method(params, layers, seed)     # params: its group of params.yaml, resolved (no `auto`);
+                                         # unknown keys / wrong types -> UserError, defaults filled
+    m.fit(train)                         # train: FeatureSet (`reads = "features"`)
+    scores, maps = m.predict(test)       # (N,) image scores; (N, S, S) float32 maps, or None
+
+Kinds of method, by two class attributes:
+- `level = "pixel"`: `grid_scores` returns per-position scores (N, h, w) on the feature grid;
+  `predict` turns them into (N, S, S) maps (bilinear upsampling + Gaussian blur, `to_maps`) and,
+  when the method gives no image scores of its own, takes each map's maximum.
+  `level = "image"`: no map (`grid_scores` returns (scores, None)); the pixel metrics of such a
+  method are "not applicable" (null in metrics.json, "—" in tables, never averaged).
+- `reads = "features"`: fit/predict read the feature cache (FeatureSet; never the network).
+  `reads = "images"`: the method trains the backbone on prepared images (its own stage); it
+  receives the prepared-image sets instead of FeatureSets and the same contract holds.
+
+Params: `resolve_params` (classmethod) turns the group's `auto` values into concrete ones once,
+for the whole pipeline (anomaly_backbones.params.resolve); `cached_layers` says which cached
+layers the method reads, so the extract stage caches them. Memory: each method's peak-RSS
+estimates live in methods/memory.py; `guard` stops a step before it allocates too much.
+
+A new method in ten lines (then add it to METHODS with its params and to params.yaml):
+
+    class MeanDistance(Method):
+        name = "mean_distance"
+        def fit(self, train):
+            x = np.concatenate([f[self.layers[0]].numpy() for _, f in train.batches(self.layers)])
+            self.mean = x.mean(0)                                       # (C, h, w)
+        def grid_scores(self, test):
+            grids = [np.linalg.norm(f[self.layers[0]].numpy() - self.mean, axis=1)
+                     for _, f in test.batches(self.layers)]
+            return None, np.concatenate(grids)                          # scores: max of each map
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..params.schema import Param, check_group
+from ..resources import check_memory
+from .common import anomaly_maps, check_finite
+
+
+class Method:
+    """Base class: params checked once, the predict tail shared (see the module docstring)."""
+
+    name: ClassVar[str] = ""                 # the params group and the `fit@<name>` stage
+    level: ClassVar[str] = "pixel"           # "pixel" (anomaly maps) | "image" (scores only)
+    reads: ClassVar[str] = "features"        # "features" (the cache) | "images" (trains the backbone)
+    PARAMS: ClassVar[dict[str, Param]] = {}  # set from the registry (methods/__init__.py)
+
+    def __init__(self, params: dict | None, layers: list[str], seed: int = 1024):
+        self.params = check_group(self.name, self.PARAMS, params)
+        if not layers:
+            raise UserError(f"{self.name}: `layers` is empty; set the top-level `layers` param")
+        self.layers = list(layers)
+        self.seed = int(seed)
+        self.label = self.name      # progress bars say "<label> <step>"; the stage adds backbone and category
+        self.configure(self.params)
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass names its registry entry (`name = "padim"`); level, reads and the params
+        schema come from there, so they are declared once."""
+        super().__init_subclass__(**kwargs)
+        from . import METHODS
+
+        if cls.name in METHODS:
+            info = METHODS[cls.name]
+            cls.level, cls.reads, cls.PARAMS = info.level, info.reads, info.params
+
+    # -- params ------------------------------------------------------------------------
+    def configure(self, p: dict) -> None:
+        """Read the checked params into attributes; cross-param rules raise UserError here."""
+
+    @classmethod
+    def resolve_params(cls, group: dict, *, backbone: str, layers: list[str], shapes: dict | None) -> dict:
+        """The group with every `auto` made concrete. `shapes` ({layer: (C, H, W)} of the feature
+        cache) is None before extraction; values that need it stay as given until then."""
+        return dict(group)
+
+    @classmethod
+    def cached_layers(cls, group: dict, layers: list[str]) -> list[str]:
+        """Layers of the feature cache this method reads (the extract stage caches all of them)."""
+        return list(layers)
+
+    # -- fit and predict ---------------------------------------------------------------
+    def fit(self, train) -> None:
+        """Learn from the defect-free training split."""
+        raise NotImplementedError
+
+    def grid_scores(self, test) -> tuple[np.ndarray | None, np.ndarray | torch.Tensor | None]:
+        """(image scores (N,) or None, per-position scores (N, h, w) or None).
+
+        None scores: each image's score is the maximum of its anomaly map. None grid: an
+        image-level method (then scores are required)."""
+        raise NotImplementedError
+
+    def to_maps(self, grid, size: int) -> np.ndarray:
+        """(N, h, w) per-position scores -> (N, size, size) float32 anomaly maps."""
+        return anomaly_maps(grid, size, self.params.get("sigma", 4.0))
+
+    def predict(self, test) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,) image scores and (N, S, S) float32 anomaly maps (None for image-level methods),
+        both checked finite."""
+        scores, grid = self.grid_scores(test)
+        maps = None
+        if grid is not None:
+            maps = self.to_maps(grid, test.image_size)
+            check_finite(maps, f"{self.name} anomaly maps")
+            if scores is None:
+                scores = maps.reshape(len(maps), -1).max(1)
+        elif self.level != "image" or scores is None:
+            raise RuntimeError(f"{self.name}: grid_scores returned no {'scores' if scores is None else 'grid'}")
+        check_finite(scores, f"{self.name} image scores")
+        return scores, maps
+
+    def progress(self, total: int, step: str, unit: str = "it") -> tqdm:
+        """A progress bar with ETA on stderr for a step longer than a few seconds, named
+        "<label> <step>" (e.g. "patchcore tf_efficientnet_lite0 chip coreset"); it goes away when
+        the step ends. Pure reporting: never changes a result."""
+        return tqdm(total=total, desc=f"{self.label} {step}", unit=unit, leave=False, mininterval=1.0,
+                    dynamic_ncols=True)
+
+    # -- memory ------------------------------------------------------------------------
+    def guard(self, estimate: float, what: str, fix: str) -> None:
+        """Stop before a step whose estimated peak RSS exceeds the memory available (`fix`: the
+        param that lowers it)."""
+        check_memory(estimate, what, fix)

@@ -1,0 +1,59 @@
+"""The feature grid: several layers' maps brought to the largest map and concatenated.
+
+PaDiM, SPADE and the deployable PaDiM scorer (deploy.py) embed a position as the channels of
+every chosen layer at that position, each layer upsampled by nearest neighbour to the largest
+map ("the grid"). Nearest upsampling takes source index floor(dst * in / out), computed in
+integers (exact for every size; F.interpolate computes it in floating point).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+
+def largest_grid(shapes: Iterable[Sequence[int]]) -> tuple[int, int]:
+    """(H, W) of the largest of some (C, H, W) maps (by H * W; the first of equals)."""
+    return tuple(max((tuple(s[-2:]) for s in shapes), key=lambda s: s[0] * s[1]))  # type: ignore[return-value]
+
+
+def nearest_index(out_len: int, in_len: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Source indices of output positions start:stop when `in_len` values are upsampled to `out_len`."""
+    return torch.arange(start, out_len if stop is None else stop) * in_len // out_len
+
+
+def upsample_concat(maps: Sequence[torch.Tensor], size: tuple[int, int], out: torch.Tensor | None = None,
+                    rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Nearest-upsample channels-last maps to `size` = (H, W) and concatenate their channels.
+
+    maps: (B, h_i, w_i, C_i) each, any strides (a permuted view of a (B, C, h, w) map is fine).
+    rows: (r0, r1) to produce only output rows r0:r1; each map then holds its source rows from
+      floor(r0 * h_i / H) on (what a reader of those rows loaded), e.g. PaDiM's row chunks.
+    out: (B, r1 - r0 or H, W, sum C_i), any strides, written in place and returned (a permuted
+      view lets the caller keep its own memory layout). Without `out` a new tensor is made by
+      index gathers only, so the function traces and exports to ONNX (deploy.py).
+    The values are copies of the inputs: every path gives the same bits."""
+    H, W = size
+    r0, r1 = rows if rows is not None else (0, H)
+    if out is None:
+        parts = []
+        for m in maps:
+            h, w = m.shape[1:3]
+            ri = nearest_index(H, h, r0, r1) - (r0 * h) // H
+            parts.append(m.index_select(1, ri).index_select(2, nearest_index(W, w)))
+        return torch.cat(parts, -1)
+    c0 = 0
+    for m in maps:
+        h, w, c = m.shape[1:]
+        dst = out[..., c0:c0 + c]
+        ri = (nearest_index(H, h, r0, r1) - (r0 * h) // H).tolist()
+        cols = None if W % w == 0 else nearest_index(W, w)
+        for r, src in enumerate(ri):             # row by row: whole (B, C) blocks per column
+            row = m[:, src]                      # (B, w, C)
+            if cols is None:                     # integer factor: a broadcast copy, no temporary
+                f = W // w
+                dst[:, r].unflatten(1, (w, f)).copy_(row.unsqueeze(2).expand(-1, -1, f, -1))
+            else:
+                dst[:, r].copy_(row.index_select(1, cols))
+        c0 += c
+    return out

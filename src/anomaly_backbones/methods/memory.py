@@ -1,0 +1,160 @@
+"""Peak-RSS estimates of each method's fit and predict, for the memory guards.
+
+One mixin per method, kept apart from the algorithms: each estimate adds up the arrays its step
+holds at its peak (BASELINE_BYTES for the process itself). bench/memory.py prints every estimate
+against the peak it predicts; tests/test_memory.py checks each grows with the params it names.
+Shapes are {layer: (C, H, W)} of the feature cache; `itemsize` is the cache's dtype size.
+"""
+from __future__ import annotations
+
+from ..features import MAP_BYTES
+from ..resources import BASELINE_BYTES
+from .common import maps_bytes
+from .coreset import UPDATE_BLOCK_ELEMS, coreset_size
+from .grid import largest_grid
+
+Shapes = dict[str, tuple[int, int, int]]
+
+
+class PaDiMMemory:
+    def fit_bytes(self, n: int) -> float:
+        """Peak RSS of fit on n images: the inverse covariances, and the larger of a chunk's read
+        (its (p, n, d) slice, plus mapped cache pages and gather temporaries) and its compute:
+        the slice, centred in place, then the covariance, Cholesky factor and inverse
+        (3 x p*d*d). With few images the d*d terms dominate the chunk."""
+        H, W = self.grid
+        r0, r1 = self._row_chunks(n)[0]
+        p = (r1 - r0) * W
+        inv_cov = 4.0 * H * W * self.d * self.d
+        sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+        return BASELINE_BYTES + inv_cov + max(sl + 2 * MAP_BYTES, sl + cov, 3 * cov)
+
+    def predict_bytes(self, n: int, image_size: int) -> float:
+        """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
+        slice and a PRODUCT_SPLIT-th of its product with the inverse covariances, and the maps."""
+        from .padim import PRODUCT_SPLIT
+
+        H, W = self.grid
+        r0, r1 = self._row_chunks(n)[0]
+        sl = 4.0 * n * self.d * (r1 - r0) * W
+        model = 4.0 * H * W * self.d * (self.d + 1)
+        return (BASELINE_BYTES + model + sl + max(2 * MAP_BYTES, sl / PRODUCT_SPLIT) + 4.0 * n * H * W
+                + maps_bytes(n, image_size))
+
+
+def spade_image_bytes(shapes: Shapes, itemsize: int) -> float:
+    """Memory one image takes while its maps are concatenated: its cached maps (mapped pages, a
+    copy, a float32 copy unless the cache is float32), the (h, w, C) float32 result, and (an
+    upper bound) one upsampled layer where a scale factor is not an integer."""
+    h, w = largest_grid(shapes.values())
+    c = sum(s[0] for s in shapes.values())
+    cached = sum(s[0] * s[1] * s[2] for s in shapes.values())
+    odd = max([s[0] for s in shapes.values() if h % s[1] or w % s[2]], default=0)
+    return 4.0 * h * w * (c + odd) + (2 * itemsize + (4 if itemsize != 4 else 0)) * cached
+
+
+class SPADEMemory:
+    def predict_bytes(self, shapes: Shapes, n_test: int, n_train: int, image_size: int, itemsize: int = 4) -> float:
+        """Peak RSS of predict: one test batch and one gallery group (spade_image_bytes each
+        image); one distance tile; the grids, the anomaly maps and their finiteness mask."""
+        from .spade import tile_rows
+
+        shapes = {name: shapes[name] for name in self.layers}
+        h, w = largest_grid(shapes.values())
+        hw = h * w
+        images = min(self.batch_size, n_test) + min(self._group(shapes, itemsize), self.k, n_train)
+        tile = 4.0 * tile_rows(hw, hw) * hw
+        return (BASELINE_BYTES + images * spade_image_bytes(shapes, itemsize) + tile + 4.0 * n_test * hw
+                + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
+
+
+class PatchCoreMemory:
+    def _sizes(self, shapes: Shapes) -> tuple[int, int, int]:
+        """(patches per image, channels of a bank vector, channels the coreset runs on)."""
+        shapes = [shapes[name] for name in self.layers]
+        hw = max(sh[1] * sh[2] for sh in shapes)
+        c = min(sum(sh[0] for sh in shapes), self.dim)
+        return hw, c, self.projection_dim if c > self.projection_dim else c
+
+    def _batch_bytes(self, shapes: Shapes, itemsize: int) -> float:
+        """One feature batch through embed: the cached maps (mapped pages, a float32 copy), their
+        3x3 averages, the upsampled, concatenated and reshaped maps, the pooled and the projected
+        vectors."""
+        hw, c, p = self._sizes(shapes)
+        full = sum(shapes[name][0] for name in self.layers)
+        cached = sum(shapes[name][0] * shapes[name][1] * shapes[name][2] for name in self.layers)
+        return self.batch_size * (cached * (8 + itemsize) + 4.0 * hw * (3 * full + c + p))
+
+    def fit_bytes(self, shapes: Shapes, n_img: int, itemsize: int = 4) -> float:
+        """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32);
+        during the coreset (which centres them in place) their bfloat16 copy ("fast"), per-patch
+        norms, distances and temporaries, one distance block, and the heap glibc keeps from the
+        first pass's batch temporaries; then the bank (coreset_ratio of the patches x min(C, dim))
+        while a batch is embedded again."""
+        hw, c, p = self._sizes(shapes)
+        n = n_img * hw
+        x = 4.0 * n * p
+        low = 2.0 * n * p if self.coreset == "fast" else 0.0
+        block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
+        batch = self._batch_bytes(shapes, itemsize)
+        cover = x + low + 20.0 * n + block + batch
+        bank = 4.0 * coreset_size(n, self.ratio) * c
+        return BASELINE_BYTES + max(x + batch, cover, bank + batch)
+
+    def predict_bytes(self, shapes: Shapes, n_test: int, bank_rows: int, image_size: int,
+                      itemsize: int = 4) -> float:
+        """Peak RSS of predict: the bank and its norms, one embedded batch and its distance
+        block, the grids, the anomaly maps and their finiteness mask."""
+        from .patchcore import BLOCK_ELEMS
+
+        hw, c, _ = self._sizes(shapes)
+        return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * BLOCK_ELEMS
+                + 4.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
+
+
+class CFlowMemory:
+    def _flow_floats(self, c: int) -> tuple[int, int]:
+        """(parameters, activations per fiber) of one layer's flow of c channels. Per block the
+        subnet input (d1 + P), its hidden layer before and after ReLU (2 x 2(d1 + P)), the
+        coefficients and the coupling's intermediates (~8 x d2), the output and its affine (4 c)."""
+        d1, d2 = c - c // 2, c // 2
+        hid = d1 + self.condition_vector
+        params = hid * 2 * hid + 2 * hid + 2 * hid * 2 * d2 + 2 * d2 + 2 * c
+        return self.coupling_blocks * params, self.coupling_blocks * (5 * hid + 8 * d2 + 4 * c)
+
+    def _batch_bytes(self, shapes: Shapes, itemsize: int) -> float:
+        """The largest layer's feature batch: its cached maps (mapped pages, a copy, a float32
+        copy), its fibers, their position index and random order (int64)."""
+        return self.batch_size * max(c * h * w * (8 + 2 * itemsize) + 16.0 * h * w for c, h, w in shapes.values())
+
+    def fit_bytes(self, shapes: Shapes, itemsize: int = 4) -> float:
+        """Peak RSS of fit: the flows with their gradients and Adam's two moments (4 x params),
+        the positional encodings, one feature batch, and one step's activations kept for the
+        backward pass plus their gradients (2 x fiber_batch_size x activations per fiber)."""
+        shapes = {name: shapes[name] for name in self.layers}
+        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
+        step = max(self._flow_floats(c)[1] for c, _, _ in shapes.values())
+        cond = sum(h * w for _, h, w in shapes.values()) * self.condition_vector
+        return (BASELINE_BYTES + 16.0 * params + 4.0 * cond + self._batch_bytes(shapes, itemsize)
+                + 8.0 * self.fiber_batch_size * step)
+
+    def predict_bytes(self, shapes: Shapes, n_test: int, image_size: int, itemsize: int = 4) -> float:
+        """Peak RSS of predict: the flows; one test batch (all layers' maps, then per layer its
+        fibers and repeated positional encodings) and one forward pass of EVAL_FIBERS fibers;
+        the log-likelihoods of all test images (then one layer's in float64); then the maps: the
+        summed map, one layer's upsampled map, the output, a chunk's blur temporaries and the heap
+        glibc keeps between them (six maps' worth), and the finiteness mask."""
+        from .cflow import EVAL_FIBERS
+
+        shapes = {name: shapes[name] for name in self.layers}
+        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
+        b = min(self.batch_size, n_test)
+        cached = sum(c * h * w for c, h, w in shapes.values())
+        batch = b * (cached * (4 + itemsize) + 4.0 * max((c + self.condition_vector) * h * w
+                                                        for c, h, w in shapes.values()))
+        forward = 4.0 * min(EVAL_FIBERS, b * max(h * w for _, h, w in shapes.values())) * max(
+            self._flow_floats(c)[1] // self.coupling_blocks for c, _, _ in shapes.values())
+        grids = 4.0 * n_test * sum(h * w for _, h, w in shapes.values()) + 12.0 * n_test * max(
+            h * w for _, h, w in shapes.values())
+        maps = n_test * image_size ** 2 * (4.0 * 6 + 1)
+        return BASELINE_BYTES + 4.0 * params + grids + max(batch + forward, maps)

@@ -1,0 +1,56 @@
+"""The schema of every params group that is not a method's (the methods' groups are declared
+with the methods, anomaly_backbones.methods.METHODS). Grouped by stage, as params.yaml is."""
+from __future__ import annotations
+
+from .schema import Param
+
+
+def _unique(v) -> str | None:
+    if isinstance(v, list):
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            return f"lists {dup} more than once (list each once)"
+    return None
+
+
+def _synthetic_categories(v) -> str | None:
+    from ..data.synthetic import CATEGORIES
+
+    bad = [c for c in v if c not in CATEGORIES]
+    return f"has unknown categories {bad} (known: {', '.join(CATEGORIES)})" if bad else _unique(v)
+
+
+DATASETS = ("synthetic", "folder", "mvtec", "mtd")
+
+TOP = {
+    "seed": Param(1024, int, low=0, high=2**32 - 1, help="fixes every random choice"),
+    "backbone": Param("tf_efficientnet_lite0", str, help="`python -m anomaly_backbones backbones` lists them"),
+    "init": Param("imagenet", str, help="imagenet | random | a named variant | a checkpoint path"),
+    "layers": Param("auto", list, special=("auto",), check=_unique, help="auto = the registry's default"),
+    "methods": Param(["padim"], list, check=_unique, help="one fit@<method> stage each"),
+}
+
+GROUPS = {
+    "synthetic": {
+        "categories": Param(["weave", "granite", "disc", "chip"], list, check=_synthetic_categories),
+        "n_train": Param(40, int, low=2),
+        "n_good_test": Param(12, int, low=1),
+        "n_defect_test": Param(9, int, low=1),
+    },
+    "data": {
+        "dataset": Param("synthetic", str, choices=DATASETS),
+        "root": Param("data/synthetic", str),
+        "categories": Param("all", list, special=("all",), check=_unique),
+        "resize": Param(256, int, low=1),
+        "crop": Param(224, int, low=1),
+    },
+    "extract": {
+        "batch_size": Param(32, int, low=1, help="images per forward pass (memory grows with it)"),
+        "dtype": Param("float32", str, choices=("float32", "float16")),
+        "engine": Param("auto", str, choices=("auto", "onnx", "eager")),
+    },
+    "latency": {
+        "runs": Param(10, int, low=0, help="timed calls per setting; 0 skips the measurement"),
+        "warmup": Param(2, int, low=0),
+    },
+}

@@ -1,0 +1,74 @@
+"""The machine's resources: CPUs this process may use, memory available, peak RSS, and the
+memory guard every heavy step calls before it allocates."""
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+from .errors import UserError
+
+# RSS of a stage process besides its arrays, included in every estimate: python, numpy, torch
+# and this package imported, what running torch's kernels adds (code pages, thread pools), and
+# freed blocks glibc keeps rather than returns (its mmap threshold rises to 32 MiB after the
+# first large free). The measurement behind the figure: docs/performance.md ("Baseline RSS").
+BASELINE_BYTES = 0.7 * 2**30
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load_1m() -> float | None:
+    """The 1-minute load average (other work competing for the CPUs), None where unknown."""
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('' where unknown): timings and the last digits of
+    some kernels' results depend on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: across fork+exec that inherits the
+    parent's peak (a stage started by a 9 GB parent would report 9 GB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def check_memory(estimate: float, what: str, fix: str) -> None:
+    """Stop before a heavy step whose estimated peak RSS (bytes, baseline included) exceeds the
+    RAM available now, with one line giving the estimate and `fix` (the param that lowers it).
+    What the process holds already is also outside MemAvailable, so the check errs on the safe
+    side by about that much."""
+    avail = available_bytes()
+    if avail is not None and estimate > avail:
+        raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is available; "
+                        f"{fix}")
