@@ -39,11 +39,12 @@ def _brute_force(cache, layers, idx):
     return out.reshape(-1, side, side)
 
 
-@pytest.mark.parametrize("big,small", [(4, 2), (5, 3)])   # nearest upsampling by 2, and by 5/3 (a gather)
+@pytest.mark.parametrize("big,small", [(4, 2), (5, 3), (9, 4)])   # nearest upsampling by 2, and by 5/3, 9/4 (gathers)
 @pytest.mark.parametrize("d", [11, 7])
-def test_padim_matches_brute_force_definition(tmp_path, d, big, small):
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 100])   # grid rows per chunk: the coarse layer's rows read in parts
+def test_padim_matches_brute_force_definition(tmp_path, d, big, small, chunk_rows):
     cache = _cache(tmp_path, big=big, small=small)
-    m = PaDiM({"d": d, "chunk_mb": 0.0005}, ["a", "b"], seed=1024)
+    m = PaDiM({"d": d, "chunk_mb": chunk_rows * 12 * d * big * 4 / 2**20}, ["a", "b"], seed=1024)
     m.fit(FeatureSet(cache, "train"))
     got = m.grid_scores(FeatureSet(cache, "test"))[1]
     idx = np.concatenate([m.channels["a"], m.channels["b"] + 6])

@@ -23,30 +23,30 @@ def nearest_index(out_len: int, in_len: int, start: int = 0, stop: int | None = 
 
 
 def upsample_concat(maps: Sequence[torch.Tensor], size: tuple[int, int], out: torch.Tensor | None = None,
-                    rows: tuple[int, int] | None = None) -> torch.Tensor:
+                    rows: tuple[int, int] | None = None, heights: Sequence[int] | None = None) -> torch.Tensor:
     """Nearest-upsample channels-last maps to `size` = (H, W) and concatenate their channels.
 
     maps: (B, h_i, w_i, C_i) each, any strides (a permuted view of a (B, C, h, w) map is fine).
-    rows: (r0, r1) to produce only output rows r0:r1; each map then holds its source rows from
-      floor(r0 * h_i / H) on (what a reader of those rows loaded), e.g. PaDiM's row chunks.
+    rows: (r0, r1) to produce only output rows r0:r1, e.g. PaDiM's row chunks. With `heights`
+      (each map's full height h_i) the maps hold only the source rows those output rows need,
+      floor(r0 * h_i / H) to floor((r1 - 1) * h_i / H) (what a reader of those rows loaded);
+      without, they are whole maps.
     out: (B, r1 - r0 or H, W, sum C_i), any strides, written in place and returned (a permuted
       view lets the caller keep its own memory layout). Without `out` a new tensor is made by
       index gathers only, so the function traces and exports to ONNX (deploy.py).
     The values are copies of the inputs: every path gives the same bits."""
     H, W = size
     r0, r1 = rows if rows is not None else (0, H)
+    heights = [m.shape[1] for m in maps] if heights is None else list(heights)
+    first = [(r0 * h) // H if m.shape[1] < h else 0 for m, h in zip(maps, heights)]   # loaded rows start here
     if out is None:
-        parts = []
-        for m in maps:
-            h, w = m.shape[1:3]
-            ri = nearest_index(H, h, r0, r1) - (r0 * h) // H
-            parts.append(m.index_select(1, ri).index_select(2, nearest_index(W, w)))
-        return torch.cat(parts, -1)
+        return torch.cat([m.index_select(1, nearest_index(H, h, r0, r1) - lo).index_select(2, nearest_index(W, m.shape[2]))
+                          for m, h, lo in zip(maps, heights, first)], -1)
     c0 = 0
-    for m in maps:
-        h, w, c = m.shape[1:]
+    for m, h, lo in zip(maps, heights, first):
+        w, c = m.shape[2:]
         dst = out[..., c0:c0 + c]
-        ri = (nearest_index(H, h, r0, r1) - (r0 * h) // H).tolist()
+        ri = (nearest_index(H, h, r0, r1) - lo).tolist()
         cols = None if W % w == 0 else nearest_index(W, w)
         for r, src in enumerate(ri):             # row by row: whole (B, C) blocks per column
             row = m[:, src]                      # (B, w, C)

@@ -125,7 +125,7 @@ class PaDiM(PaDiMMemory, Method):
                 t = torch.from_numpy(scratch.get("transposed", (hi - lo, w, a.shape[0], len(ch))))
                 t.copy_(a.permute(2, 3, 0, 1))   # (rows, w, n, c), float32 from any cache dtype
                 # (n, rows, W, c) views of (rows, W, n, c) memory: the bmm layout, no further copy
-                upsample_concat([t.permute(2, 0, 1, 3)], (H, W), rows=(r0, r1),
+                upsample_concat([t.permute(2, 0, 1, 3)], (H, W), rows=(r0, r1), heights=[h],
                                 out=out[:, :, sl, off:off + len(ch)].permute(2, 0, 1, 3))
             off += len(ch)
         return out.view(-1, len(fs), self.d)   # NaN/Inf: checked on what fit and distances compute from it
