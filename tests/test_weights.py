@@ -21,13 +21,16 @@ from anomaly_backbones.backbones.weights import SOURCES, default_source
 from anomaly_backbones.errors import UserError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The suite shares a small CPU: one intra-op thread (restored afterwards)."""
-    n = torch.get_num_threads()
+THREADS = {}
+
+
+def setup_module():
+    THREADS["before"] = torch.get_num_threads()    # the suite shares a small CPU: one intra-op thread
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+
+def teardown_module():
+    torch.set_num_threads(THREADS["before"])
 
 
 @pytest.fixture

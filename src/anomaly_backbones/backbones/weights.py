@@ -48,18 +48,16 @@ def _no_weights_error(what: str, looked: list[str], host: str | None, fetch_hint
         f"or init=random.")
 
 
-def download_failed(plan: WeightsPlan, e: Exception) -> UserError:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return UserError(f"downloading weights for {plan.what} failed: {type(e).__name__}: {msg}. "
+def load_failed(plan: WeightsPlan, e: Exception) -> UserError:
+    """A library failed to load planned weights: the cached file is bad (plan.local), or the download failed."""
+    msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if plan.local is not None:
+        return UserError(f"cached weights file {plan.local} for {plan.what} cannot be loaded ({msg}). "
+                         f"Fix: delete it and download it again, or pass init=<checkpoint file>, or init=random.")
+    return UserError(f"downloading weights for {plan.what} failed: {msg}. "
                      f"Fix: retry with a working connection, or place the file in the cache "
                      f"({caches.hub_checkpoint_dir()} for torch hub, {caches.hf_cache_dir()} for Hugging Face), "
                      f"or pass init=<checkpoint file>, or init=random.")
-
-
-def corrupt_cache(plan: WeightsPlan, e: Exception) -> UserError:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return UserError(f"cached weights file {plan.local} for {plan.what} cannot be loaded ({type(e).__name__}: {msg}). "
-                     f"Fix: delete it and download it again, or pass init=<checkpoint file>, or init=random.")
 
 
 def _hub_hint(url: str) -> str:
@@ -142,7 +140,7 @@ class TorchvisionWeights(WeightSource):
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - download / corrupt cache
-            raise (corrupt_cache(plan, e) if plan.local else download_failed(plan, e)) from None
+            raise load_failed(plan, e) from None
         t = w.transforms()
         return model, (tuple(float(x) for x in t.mean), tuple(float(x) for x in t.std))
 
@@ -205,7 +203,7 @@ class TimmWeights(WeightSource):
                 torch.manual_seed(seed)
                 model = timm.create_model(plan.ref, pretrained=True, pretrained_cfg_overlay=overlay)
         except Exception as e:  # noqa: BLE001
-            raise (corrupt_cache(plan, e) if plan.local else download_failed(plan, e)) from None
+            raise load_failed(plan, e) from None
         cfg = model.pretrained_cfg
         return model, (tuple(float(x) for x in cfg["mean"]), tuple(float(x) for x in cfg["std"]))
 
@@ -238,7 +236,7 @@ class UrlWeights(WeightSource):
                 sd = torch.hub.load_state_dict_from_url(plan.ref, map_location="cpu", progress=False,
                                                         check_hash=False, weights_only=True)
             except Exception as e:  # noqa: BLE001
-                raise download_failed(plan, e) from None
+                raise load_failed(plan, e) from None
         load_strict(model, unwrap_state_dict(sd, plan.ref), plan.ref, self.name)
         return model, None
 
