@@ -37,7 +37,8 @@ _LAZY = {
     "registry_d": "loader", "param_counts": "counts", "FeatureExtractor": "extractor", "normalize": "extractor",
 }
 
-__all__ = [*_LAZY, "registry", "get_entry", "families", "weights_offline", "UserError"]
+__all__ = ["load_backbone", "Backbone", "resolve_layers", "resolve_d", "registry_d", "param_counts",
+           "FeatureExtractor", "normalize", "registry", "get_entry", "families", "weights_offline", "UserError"]
 
 
 def __getattr__(name: str):

@@ -64,7 +64,7 @@ def _plan_init(spec: Spec, init, seed) -> _InitPlan:
         return _InitPlan(f"random:seed={seed}", seed)
 
     if s.startswith("file:") or _looks_like_path(s):
-        source = CheckpointFile(spec.name, spec.arch, "file", s[5:] if s.startswith("file:") else s)
+        source = CheckpointFile(spec.name, spec.arch, "file", s.removeprefix("file:"))
         plan = source.plan()
         return _InitPlan(plan.what, seed, source, plan)
 
