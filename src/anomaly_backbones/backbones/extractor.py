@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import UserError
 from ..resources import BASELINE_BYTES
 
-LIBS_BYTES = 0.2 * 2**30  # timm and torchvision, loaded with the backbone (measured 0.19 GiB RSS)
+LIBS_BYTES = 0.2 * 2**30  # RSS of timm and torchvision, imported with the backbone (part of what bench/memory.py checks)
 WORKING = 4  # activations alive at once in a forward pass, in units of the largest one (a residual
              # block's input, a conv output, its normalized copy, the shortcut)
 

@@ -1,11 +1,10 @@
 """The extract stage's fast path: the backbone trunk exported to ONNX and run by ONNX Runtime.
 
-Why: on the CPU, ONNX Runtime runs these convnets 2-3x faster than eager PyTorch (on the
-magnetic-tile split, tf_efficientnet_lite0 up to blocks.4 over 1,344 images on 2 cores: 11 s
-against 29 s), partly because its arena reuses activation memory where eager PyTorch maps and
-faults in fresh pages for every batch. The features agree with FeatureExtractor's to float32
-rounding (checked on every build, see OnnxExtractor.check), so the choice of engine is recorded
-but never changes what a method sees beyond ~1e-5.
+Why: on the CPU, ONNX Runtime runs these convnets several times faster than eager PyTorch, partly
+because its arena reuses activation memory where eager PyTorch maps and faults in fresh pages for
+every batch (figures: docs/performance.md, Backbones). The features agree with FeatureExtractor's
+to float32 rounding (checked on every build, see OnnxExtractor.check), so the choice of engine is
+recorded but never changes what a method sees beyond ~1e-5.
 
 `extract.engine`: onnx | eager | auto (ONNX Runtime where the backbone traces and exports, else
 eager PyTorch, said in the log and recorded in the feature cache's stats).
@@ -25,8 +24,8 @@ from ..resources import usable_cpus
 from .extractor import FeatureExtractor, extract_bytes, normalize
 
 ENGINES = ("auto", "onnx", "eager")
-ORT_BATCH = 8    # images per ONNX Runtime call: its arena keeps every activation of a call, so a batch of
-                 # 32 peaked at 1.86 GB against 1.22 GB in calls of 8, for 3 % more time (lite0, 2 cores)
+ORT_BATCH = 8    # images per ONNX Runtime call: its arena keeps every activation of a call, so the
+                 # peak grows with the call's size while the time barely falls (docs/performance.md)
 ORT_ARENA = 4.0  # what the arena holds, in largest activations per image of a call (bench/memory.py)
 CHECK_TOL = 1e-3  # largest |ORT - eager| allowed, relative to the largest |feature| of the layer
 
@@ -61,8 +60,8 @@ def ort_session(path: str | Path, threads: int):
 class _Pixels(nn.Module):
     """uint8 (B, H, W, 3) images -> the fx trunk's features as a tuple in `layers` order (ONNX
     outputs are positional). The normalization is part of the graph: ONNX Runtime casts and
-    normalizes in its own arena, 25 % faster over the extract loop than feeding it float
-    tensors normalized by torch, with the same bits (the same IEEE operations, `normalize`)."""
+    normalizes in its own arena, faster than feeding it float tensors normalized by torch, with
+    the same bits (the same IEEE operations, `normalize`)."""
 
     def __init__(self, body: nn.Module, layers: list[str], mean, std):
         super().__init__()
@@ -77,9 +76,9 @@ class OnnxExtractor:
     """Same call as FeatureExtractor.pixels: feats = ext.pixels(images) -> {layer: (B, C, h, w)} float32,
     from (B, H, W, 3) uint8 images, batch of any size.
 
-    Exported with torch's TorchScript-based exporter (about 1.5 s for tf_efficientnet_lite0; the
-    dynamo exporter takes ~10 s, which a cold run would pay every time), dynamic batch axis. The
-    .onnx file lives only while the session is built."""
+    Exported with torch's TorchScript-based exporter, several times quicker than the dynamo
+    exporter (an export is paid by every cold extract run), with a dynamic batch axis. The .onnx
+    file lives only while the session is built."""
 
     def __init__(self, eager: FeatureExtractor, name: str, image_size: int, threads: int | None = None):
         self.layers = list(eager.layers)
@@ -107,9 +106,9 @@ class OnnxExtractor:
         self.check(name, image_size)
 
     def pixels(self, images: np.ndarray) -> dict[str, torch.Tensor]:
-        """Calls of ORT_BATCH images, each writing its outputs straight into its rows of the
-        batch's arrays (IO binding; only the batch axis of the export is dynamic): no per-call
-        arrays joined afterwards (0.15-0.3 s of the 761 training images of blocks.0/1/2)."""
+        """Features of (B, H, W, 3) uint8 images -> {layer: (B, C, h, w) float32}. Calls of
+        ORT_BATCH images, each writing its outputs straight into its rows of the batch's arrays
+        (IO binding; only the batch axis of the export is dynamic): no per-call arrays to join."""
         x = np.ascontiguousarray(images, dtype=np.uint8)
         outputs = self.session.get_outputs()
         out = [np.empty((len(x), *shape), np.float32) for shape in self.shapes]

