@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from anomaly_backbones.backbones import (FeatureExtractor, get_entry, load_backbone, param_counts, registry,
-                                         registry_d, resolve_d, resolve_layers)
+                                         registry_d, resolve_layers)
 from anomaly_backbones.backbones.cli import main_backbones
 from anomaly_backbones.backbones.counts import count_model
 from anomaly_backbones.backbones.ort_extractor import trunk
@@ -109,7 +109,7 @@ def test_non_registry_timm_model_works_with_explicit_layers():
         resolve_layers("resnet10t", "auto")
     feats = FeatureExtractor(bb.model, resolve_layers("resnet10t", ["layer1", "layer2"]))(_x())
     assert [v.shape[1] for v in feats.values()] == [64, 128]
-    assert resolve_d("resnet10t", "auto", 192) == 192
+    assert registry_d("resnet10t") is None       # outside the registry: PaDiM keeps every channel
     with pytest.raises(UserError, match="(?i)did you mean.*resnet10t"):
         resolve_layers("resnet10tt", "auto")
 
@@ -123,26 +123,12 @@ def test_resolve_layers():
             resolve_layers("resnet18", bad)
 
 
-def test_resolve_d():
-    assert resolve_d("resnet18", "auto", 448) == 100
-    assert resolve_d("wide_resnet50_2", "auto", 1792) == 550
-    assert resolve_d("tf_efficientnet_lite0", "auto", 176) == 176      # registry d null -> all
-    assert resolve_d("resnet18", "auto", 64) == 64                     # fewer channels than registry d
-    assert resolve_d("resnet18", 448, 448) == 448 and resolve_d("resnet18", 1, 448) == 1
-    assert resolve_d("resnet18", "all", 448) == 448
-    for bad in (0, 449, -3, "many", 2.5, True):
-        with pytest.raises(UserError) as ei:
-            resolve_d("resnet18", bad, 448)
-        assert "padim.d" in str(ei.value) and "448" in str(ei.value)
-    assert "[1, 448]" in str(pytest.raises(UserError, resolve_d, "resnet18", 449, 448).value)
-
-
 def test_registry_d():
     assert registry_d("resnet18") == 100 and registry_d("wide_resnet50_2") == 550
     assert registry_d("tf_efficientnet_lite0") is None          # registry d null: no reduction
     assert registry_d("resnet10t") is None and registry_d("no_such_net") is None
     for e in ENTRIES:
-        assert resolve_d(e["name"], "auto", e["dim"]) == (registry_d(e["name"]) or e["dim"])
+        assert registry_d(e["name"]) == (None if e["d"] in (None, "all") else e["d"])
 
 
 # ------------------------------------------------------------------------------------------- counts

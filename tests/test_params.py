@@ -120,9 +120,13 @@ def test_resolve_makes_every_auto_concrete(params):
     p["padim"]["d"] = 65
     with pytest.raises(UserError, match=r"`padim.d` = 65 is out of range.*\[1, 64\]"):
         resolve(p, {"layer1": (64, 56, 56)})
+    p["padim"]["d"] = 64
+    assert resolve(p, {"layer1": (64, 56, 56)})["padim"]["d"] == 64
     p["padim"]["d"], p["patchcore"]["layers"] = "all", ["layer4"]
     r = resolve(p, {"layer1": (64, 56, 56)})
     assert r["padim"]["d"] == 64 and r["cache_layers"] == ["layer1", "layer4"]   # what patchcore adds is cached
+    p["backbone"], p["layers"], p["padim"]["d"] = "wide_resnet50_2", "auto", "auto"
+    assert resolve(p, {"layer1": (256, 56, 56), "layer2": (512, 28, 28), "layer3": (1024, 14, 14)})["padim"]["d"] == 550
 
 
 def test_extract_depends_on_every_param_that_changes_the_cached_layers():

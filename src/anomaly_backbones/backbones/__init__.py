@@ -6,7 +6,7 @@
     layers = resolve_layers(name, "auto" | [names])
     ext = FeatureExtractor(bb.model, layers); feats = ext(x)   # {layer: (B, C, h, w)}, in `layers` order
     x = normalize(uint8 (B, 3, H, W), bb.mean, bb.std)         # the network input of every stage
-    d = resolve_d(name, "auto" | "all" | int, dim); registry_d(name) -> int | None
+    registry_d(name) -> int | None                 # PaDiM's d for the default layers (None: all)
     param_counts(name, layers=None) -> {"trunk": int, "full": int}
     registry() -> list[dict]; get_entry(name) -> dict | None; families(); weights_offline(entry) -> bool
 
@@ -33,11 +33,11 @@ from .registry import families, get_entry, registry   # after the submodule impo
 from .weights import weights_offline
 
 _LAZY = {
-    "load_backbone": "loader", "Backbone": "loader", "resolve_layers": "loader", "resolve_d": "loader",
+    "load_backbone": "loader", "Backbone": "loader", "resolve_layers": "loader",
     "registry_d": "loader", "param_counts": "counts", "FeatureExtractor": "extractor", "normalize": "extractor",
 }
 
-__all__ = ["load_backbone", "Backbone", "resolve_layers", "resolve_d", "registry_d", "param_counts",
+__all__ = ["load_backbone", "Backbone", "resolve_layers", "registry_d", "param_counts",
            "FeatureExtractor", "normalize", "registry", "get_entry", "families", "weights_offline", "UserError"]
 
 

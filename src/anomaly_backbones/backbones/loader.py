@@ -2,7 +2,7 @@
 
 The name becomes an architecture (architectures.resolve_name), the init a plan (random, or a weight
 source from weights.SOURCES), checked before any model is built so that a stage stops before it
-writes anything. Plus the params that depend on the registry: resolve_layers, resolve_d, registry_d.
+writes anything. Plus the params that depend on the registry: resolve_layers, registry_d.
 """
 from __future__ import annotations
 
@@ -142,22 +142,3 @@ def registry_d(name: str) -> int | None:
     entry = get_entry(name)
     d = None if entry is None else entry["d"]
     return None if d is None or d == "all" else int(d)
-
-
-def resolve_d(name: str, d_param, dim: int) -> int:
-    """PaDiM's reduced dim: `auto` -> registry_d (None -> dim; never above dim); 'all'/None -> dim;
-    an int (or digit string) in [1, dim]. `dim` = channels of the layers used, concatenated."""
-    dim = int(dim)
-    if d_param is None or (isinstance(d_param, str) and d_param.strip().lower() == "all"):
-        return dim
-    if isinstance(d_param, str) and d_param.strip().lower() == "auto":
-        d = registry_d(name)
-        return dim if d is None else min(d, dim)   # fewer channels than the default layers -> use all
-    if isinstance(d_param, str) and re.fullmatch(r"\s*\d+\s*", d_param):
-        d_param = int(d_param)
-    if isinstance(d_param, bool) or not isinstance(d_param, int):
-        raise UserError(f"`padim.d` must be 'auto', 'all' or an integer in [1, {dim}], got {d_param!r}")
-    if not 1 <= d_param <= dim:
-        raise UserError(f"`padim.d` = {d_param} is out of range: the features have dim {dim} channels, so d must "
-                        f"be in [1, {dim}] (or 'auto' / 'all').")
-    return d_param

@@ -47,12 +47,12 @@ def _inverse(cov: torch.Tensor) -> torch.Tensor:
 
 
 def _resolve_d(d, dim: int, registry_d) -> int:
-    """PaDiM's d for features of `dim` channels: `auto` -> registry_d (None or "all": every
-    channel; never above dim, since the registry's d is for its default layers); "all" -> dim;
-    an int must be in [1, dim]."""
+    """PaDiM's d for features of `dim` channels: `auto` -> registry_d (None: every channel;
+    never above dim, since the registry's d is for its default layers); "all" -> dim; an int
+    must be in [1, dim]."""
     dim = int(dim)
     if d == "auto":
-        return dim if registry_d in (None, "all") else min(int(registry_d), dim)
+        return dim if registry_d is None else min(int(registry_d), dim)
     if d == "all":
         return dim
     if not 1 <= d <= dim:
@@ -77,10 +77,9 @@ class PaDiM(PaDiMMemory, Method):
         `shapes` (the channels of `layers`); without them the group is returned as given."""
         g = dict(group)
         if shapes is not None:
-            from ..backbones import get_entry
+            from ..backbones import registry_d
 
-            entry = get_entry(backbone)
-            g["d"] = _resolve_d(g["d"], sum(shapes[layer][0] for layer in layers), entry and entry["d"])
+            g["d"] = _resolve_d(g["d"], sum(shapes[layer][0] for layer in layers), registry_d(backbone))
         return g
 
     # -- embedding -------------------------------------------------------------------
