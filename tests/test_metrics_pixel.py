@@ -221,7 +221,12 @@ def test_one_class_is_none_and_nonfinite_is_a_user_error():
         pixel_metrics(np.zeros((2, 4, 4), bool), maps[:, :3])
 
 
-def test_memory_estimate_bounds_the_measured_peak():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_memory_estimate_bounds_the_measured_peak(monkeypatch, parallel):
+    import anomaly_backbones.metrics.ranks as ranks
+    if parallel:    # the negatives in two parts sorted by two threads while this one sorts the positives
+        monkeypatch.setattr(ranks, "PARALLEL_FROM", 1)
+        monkeypatch.setattr(ranks, "threads", lambda: 2)
     rng = np.random.default_rng(2)
     masks = ndimage.binary_dilation(rng.random((40, 64, 64)) < 0.01, iterations=2)
     maps = rng.random(masks.shape, dtype=np.float32)

@@ -45,11 +45,12 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} must both be (N, H, W)")
     check_finite(maps, "the pixel metrics")
     out = dict.fromkeys(PIXEL_KEYS)
-    pos, negs = split_classes(masks.reshape(-1), maps.reshape(-1))
-    if pos.size == 0 or negs.n == 0:
+    if not masks.any() or masks.all():
         return out
+    # the positives' sort and regions are computed while other threads sort the negatives
+    pos, negs, (pos_sorted, weight_sorted) = split_classes(masks.reshape(-1), maps.reshape(-1),
+                                                           meanwhile=lambda pos: sorted_weights(pos, masks))
     n_pos, n_neg = pos.size, negs.n
-    pos_sorted, weight_sorted = sorted_weights(pos, masks)
     del pos
     sums, pro = PrecisionSums(n_pos, n_neg), ProIntegral(negs, fpr_limit)
     below_all = tied_all = 0

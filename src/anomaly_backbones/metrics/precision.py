@@ -44,7 +44,7 @@ def precision_sums(labels, scores, metric: str) -> PrecisionSums | None:
     if y.size != s.size:
         raise ValueError(f"{y.size} labels but {s.size} scores")
     check_finite(s, metric)
-    pos, negs = split_classes(y, s)
+    pos, negs, _ = split_classes(y, s)
     if pos.size == 0 or negs.n == 0:
         return None
     pos.sort()

@@ -97,10 +97,10 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float 
     if masks.shape != maps.shape or masks.ndim != 3:
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} must both be (N, H, W)")
     check_finite(maps, "AUPRO")
-    pos, negs = split_classes(masks.reshape(-1), maps.reshape(-1))
-    if pos.size == 0 or negs.n == 0:
+    if not masks.any() or masks.all():
         return None
-    pos_sorted, weight_sorted = sorted_weights(pos, masks)
+    _, negs, (pos_sorted, weight_sorted) = split_classes(masks.reshape(-1), maps.reshape(-1),
+                                                         meanwhile=lambda pos: sorted_weights(pos, masks))
     pro = ProIntegral(negs, fpr_limit)
     for first, values, below, tied in ranked_chunks(pos_sorted, negs):
         pro.add(first, values, below, tied, weight_sorted(first[0], first[-1]))

@@ -95,25 +95,29 @@ class SortedNegatives:
         return _from_key(hi)
 
 
-def split_classes(labels: np.ndarray, scores: np.ndarray, parts: int | None = None
-                  ) -> tuple[np.ndarray, SortedNegatives]:
-    """The positive scores in their original order (a copy) and the negatives sorted in parts.
+def split_classes(labels: np.ndarray, scores: np.ndarray, parts: int | None = None, meanwhile=None
+                  ) -> tuple[np.ndarray, SortedNegatives, object]:
+    """The positive scores in their original order (a copy), the negatives sorted in parts, and
+    meanwhile(positives): work on the positives done in this thread while other threads sort.
 
     labels: flat bool; scores: flat float32, same length. Each part is a contiguous range of
-    elements: its thread copies out both classes and sorts its negatives. parts: default one per
-    usable core for a million scores or more, else one."""
+    elements whose negatives one thread copies out and sorts. parts: default one per usable core
+    for a million scores or more, else one."""
     if parts is None:
         parts = threads() if scores.size >= PARALLEL_FROM else 1
     cuts = np.linspace(0, scores.size, max(1, parts) + 1).astype(np.int64)
+    pos = scores[labels]
 
     def job(i):
-        s, y = scores[cuts[i]:cuts[i + 1]], labels[cuts[i]:cuts[i + 1]]
-        neg = s[~y]
+        neg = scores[cuts[i]:cuts[i + 1]][~labels[cuts[i]:cuts[i + 1]]]
         neg.sort()
-        return s[y], neg
-    done = _map(job, list(range(len(cuts) - 1)))
-    pos = done[0][0] if len(done) == 1 else np.concatenate([d[0] for d in done])
-    return pos, SortedNegatives([d[1] for d in done])
+        return neg
+    if parts == 1:
+        return pos, SortedNegatives([job(0)]), meanwhile(pos) if meanwhile else None
+    with ThreadPoolExecutor(parts) as pool:
+        sorting = [pool.submit(job, i) for i in range(parts)]
+        extra = meanwhile(pos) if meanwhile else None
+        return pos, SortedNegatives([f.result() for f in sorting]), extra
 
 
 def runs(sorted_values: np.ndarray) -> np.ndarray:
