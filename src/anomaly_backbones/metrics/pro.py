@@ -82,7 +82,7 @@ def sorted_weights(pos: np.ndarray, masks: np.ndarray):
     """Sorts pos (the defect pixels' scores in C order) with their regions. Returns the sorted scores
     and weight_sorted(a, b), the weights of the sorted positives a:b."""
     region, weights = region_weights(masks)
-    order = np.argsort(pos, kind="stable")
+    order = np.argsort(pos)          # ties form one run whatever their order
     pos_sorted = pos[order]
     region_sorted = region[order]
     del order, region
