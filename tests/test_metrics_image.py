@@ -3,11 +3,21 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.metrics import (IMAGE_KEYS, average_precision, f1_max, image_metrics, roc_auc,
-                                       roc_auc_delong)
+from anomaly_backbones.metrics import (
+    IMAGE_KEYS,
+    average_precision,
+    f1_max,
+    image_metrics,
+    roc_auc,
+    roc_auc_delong,
+)
 
 
 def scores_with_ties(n, decimals, positives, seed):

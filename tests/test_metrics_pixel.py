@@ -1,7 +1,7 @@
 """Pixel metrics against references that loop over every distinct threshold, and AUPRO against a
 re-implementation of MVTec AD's own evaluation algorithm."""
-from bisect import bisect
 import tracemalloc
+from bisect import bisect
 
 import numpy as np
 import pytest
@@ -10,7 +10,6 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.metrics import aupro, pixel_metrics, pixel_metrics_bytes, roc_auc
-
 
 # ---- brute-force references: every distinct score a threshold, counted directly ----
 
@@ -44,7 +43,7 @@ def brute_curves(masks, maps):
     for t in sorted(set(s.tolist()), reverse=True):
         tp, fp = int(((s >= t) & y).sum()), int(((s >= t) & ~y).sum())
         pro = np.mean([(r >= t).mean() for r in regions]) if regions else None
-        rows.append(dict(tpr=tp / y.sum(), fpr=fp / (~y).sum(), precision=tp / (tp + fp), recall=tp / y.sum(), pro=pro))
+        rows.append({"tpr": tp / y.sum(), "fpr": fp / (~y).sum(), "precision": tp / (tp + fp), "recall": tp / y.sum(), "pro": pro})
     return rows
 
 
@@ -66,7 +65,7 @@ def brute_metrics(masks, maps, limit=0.3):
     ap = sum((r["recall"] - prev) * r["precision"] for r, prev in zip(rows, [0] + [r["recall"] for r in rows]))
     f1 = max(2 * r["precision"] * r["recall"] / (r["precision"] + r["recall"]) if r["recall"] else 0.0 for r in rows)
     pro = area_to([0] + [r["fpr"] for r in rows] + [1], [0] + [r["pro"] for r in rows] + [1], limit) / limit
-    return dict(pixel_auroc=auc, pixel_ap=ap, pixel_f1max=f1, pixel_aupro=pro)
+    return {"pixel_auroc": auc, "pixel_ap": ap, "pixel_f1max": f1, "pixel_aupro": pro}
 
 
 def random_case(seed, n=4, h=7, w=6, decimals=1, defect=0.25):
@@ -196,7 +195,7 @@ def test_pixel_metrics_agree_with_roc_auc_sklearn_and_aupro():
 def test_parts_and_chunks_do_not_change_the_result(monkeypatch, parts, chunk):
     """The negatives sorted in several parts (threads) and the distinct positive scores counted
     in chunks must add up to the one-part, one-chunk result (ties across part borders included)."""
-    import anomaly_backbones.metrics.ranks as ranks
+    from anomaly_backbones.metrics import ranks
     masks, maps = random_case(5, n=6, h=30, w=30, decimals=1, defect=0.2)
     want = pixel_metrics(masks, maps)
     monkeypatch.setattr(ranks, "PARALLEL_FROM", 1)
@@ -223,7 +222,7 @@ def test_one_class_is_none_and_nonfinite_is_a_user_error():
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_memory_estimate_bounds_the_measured_peak(monkeypatch, parallel):
-    import anomaly_backbones.metrics.ranks as ranks
+    from anomaly_backbones.metrics import ranks
     if parallel:    # the negatives in two parts sorted by two threads while this one sorts the positives
         monkeypatch.setattr(ranks, "PARALLEL_FROM", 1)
         monkeypatch.setattr(ranks, "threads", lambda: 2)

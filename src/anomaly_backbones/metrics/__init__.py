@@ -8,7 +8,13 @@
   levels.py     image_metrics / pixel_metrics: every metric of one level in one call
 """
 from .delong import roc_auc_delong
-from .levels import IMAGE_KEYS, PIXEL_KEYS, image_metrics, pixel_metrics, pixel_metrics_bytes
+from .levels import (
+           IMAGE_KEYS,
+           PIXEL_KEYS,
+           image_metrics,
+           pixel_metrics,
+           pixel_metrics_bytes,
+)
 from .precision import average_precision, f1_max
 from .pro import aupro
 from .roc import roc_auc, roc_auc_bytes, roc_curve
