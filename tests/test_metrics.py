@@ -20,7 +20,7 @@ def test_roc_auc_matches_sklearn_with_ties(n, decimals, positives):
 def test_roc_auc_sums_over_needle_chunks(monkeypatch, positives):
     """The smaller class is searched by chunks (the real size is 4.2M scores): counts of scores
     below and tied with each needle must add up across chunks, ties straddling a chunk border included."""
-    import anomaly_backbones.metrics as m
+    import anomaly_backbones.metrics.roc as m
 
     rng = np.random.default_rng(7)
     y = rng.random(20_000) < positives

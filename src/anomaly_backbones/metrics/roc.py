@@ -1,19 +1,26 @@
-"""Exact ROC-AUC for tens of millions of pixels in well under a second, and compact ROC curves.
+"""Exact ROC-AUC for tens of millions of pixels, and compact ROC curves.
 
-Each class's scores are sorted in place with numpy's sort (vectorized on AVX-512/AVX2 CPUs:
-29 M float32 in 0.12 s on one core here, 5x torch's sort), and each score of the smaller class
-finds, by binary search in the larger class, how many of the other class lie below it and how
-many tie with it: the Mann-Whitney count with ties at half weight, equal to sklearn's
-roc_auc_score to floating-point rounding, without its argsort of float64 over every pixel.
+Each class's scores are sorted in place with numpy's sort (vectorized on AVX-512/AVX2 CPUs, far
+faster than an argsort), and each score of the smaller class finds, by binary search in the larger
+class, how many of the other class lie below it and how many tie with it: the Mann-Whitney count
+with ties at half weight, equal to sklearn's roc_auc_score to floating-point rounding, without its
+argsort of float64 over every pixel. Timings: docs/performance.md, "Metrics".
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import UserError
-from .features import all_finite
+from ..errors import UserError
+from ..features import all_finite
 
 NEEDLE_CHUNK = 2**22  # smaller-class scores searched at once: their int64 positions stay at 32 MB
+
+
+def check_finite(scores: np.ndarray, metric: str) -> None:
+    """UserError when scores hold NaN or Inf: every metric of them is undefined."""
+    if not all_finite(scores):
+        raise UserError(f"anomaly scores contain NaN or Inf: {metric} is undefined. Check the features "
+                        "(init/weights) and the method's params.")
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -22,9 +29,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     s = np.asarray(scores, dtype=np.float32).ravel()
     if y.size != s.size:
         raise ValueError(f"{y.size} labels but {s.size} scores")
-    if not all_finite(s):
-        raise UserError("anomaly scores contain NaN or Inf: ROC-AUC is undefined. Check the features "
-                        "(init/weights) and the method's params.")
+    check_finite(s, "ROC-AUC")
     n_pos = int(np.count_nonzero(y))
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -47,6 +52,12 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     # positives that are neither below nor tied with each negative
     wins = below if big_is_neg else n_pos * n_neg - below - tied
     return float((wins + 0.5 * tied) / (n_pos * n_neg))
+
+
+def auc_from_counts(below: int, tied: int, n_pos: int, n_neg: int) -> float:
+    """ROC-AUC from the Mann-Whitney counts over all (positive, negative) pairs: pairs with the
+    negative below, pairs tied. The same arithmetic as roc_auc: the same float for the same counts."""
+    return float((np.float64(below) + 0.5 * np.float64(tied)) / (n_pos * n_neg))
 
 
 def roc_auc_bytes(n: int) -> float:
