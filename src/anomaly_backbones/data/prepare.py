@@ -35,8 +35,12 @@ def prepare_dataset(categories: list[Category], out: Path, resize: int, crop: in
     if not _is_int(max_pixels) or max_pixels <= 0:
         raise UserError(f"`data.max_image_pixels` must be a positive integer (pixels, width x height), "
                         f"not {max_pixels!r}")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    try:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot write the prepared data to {shown(out)} ({e.strerror}): check the folder's "
+                        f"permissions and free disk.") from None
     try:
         with pixel_limit_from_param():
             summary = [prepare_category(c, out / c.name, resize, crop, max_pixels) for c in categories]
@@ -46,6 +50,10 @@ def prepare_dataset(categories: list[Category], out: Path, resize: int, crop: in
                             f"(e.g. {shown(_first_mask(categories))}) against the mask rule (docs/datasets.md) "
                             f"and `data.crop`.")
         write_json(out / "categories.json", summary)
+    except OSError as e:   # reading a file fails as a UserError (images.py): this is writing
+        shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"cannot write the prepared data to {shown(out)} ({e.__class__.__name__}: {e}): check "
+                        f"free disk and permissions.") from None
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -102,8 +110,9 @@ def _write_category(cat: Category, tmp: Path, resize: int, crop: int, max_pixels
                 (blank if not mask.any() else full if mask.all() else []).append(s.mask)
     labels = [r[3] for r in rows if r[0] == "test"]
     if 0 not in labels or 1 not in labels:
+        where = f", e.g. in {shown(cat.test[0].image.parent)}" if cat.test else ""
         raise UserError(f"category {cat.name}: the test set needs both defect-free and defective images "
-                        f"for ROC-AUC (found {sum(labels)} defective of {len(labels)}).")
+                        f"for ROC-AUC (found {sum(labels)} defective of {len(labels)}{where}).")
     _note_masks(cat.name, blank, full, sum(labels))
     for a in (train, test, masks):
         a.flush()
