@@ -21,9 +21,10 @@ repro: setup
 test: setup
 	$(RUN) $(PY) -m pytest -q tests
 
-# Download MVTec AD (needs internet) into data/mvtec, then: dvc exp run -S data.dataset=mvtec -S data.root=data/mvtec
+# Download MVTec AD (needs internet; checksum-checked) into data/mvtec, then: dvc exp run -S data.dataset=mvtec -S data.root=data/mvtec
+# (VisA, BTAD: python -m anomaly_backbones download visa|btad data/<name>; docs/datasets.md)
 mvtec: setup
-	$(PY) -m anomaly_backbones download-mvtec data/mvtec
+	$(PY) -m anomaly_backbones download mvtec data/mvtec
 
 clean:
 	rm -rf data/synthetic data/prepared data/features outputs metrics

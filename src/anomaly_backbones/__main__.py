@@ -1,7 +1,6 @@
-"""`python -m anomaly_backbones <command>`: backbones | sweep | report | pr-comment | download-mvtec."""
+"""`python -m anomaly_backbones <command>`: backbones | sweep | report | pr-comment | download."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from .runner import run
@@ -14,7 +13,7 @@ commands:
   sweep (--family F | --backbones a,b | --all) [--init random] [-S k=v] [-j N] [--dry-run]
                                     queue one DVC experiment per backbone and run the queue
   pr-comment [--base main]          PR comment from dvc metrics diff / dvc params diff
-  download-mvtec DEST               download MVTec AD (needs internet)
+  download NAME DIR                 download a dataset (mvtec, visa, btad; mpdd: says how) into DIR (needs internet)
 """
 
 
@@ -40,13 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         from .pr_comment import main_pr_comment
 
         run(lambda: main_pr_comment(rest))
-    elif cmd == "download-mvtec":
-        from .download import download_mvtec
+    elif cmd == "download":
+        from .download import main_download
 
-        ap = argparse.ArgumentParser(prog="python -m anomaly_backbones download-mvtec")
-        ap.add_argument("dest")
-        a = ap.parse_args(rest)
-        run(lambda: download_mvtec(a.dest))
+        run(lambda: main_download(rest))
     else:
         print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

@@ -71,6 +71,9 @@ def validate(p) -> dict:
         if m not in METHODS:
             raise UserError(f"unknown method {m!r} in `methods`; known: {', '.join(METHODS)}")
     d = out["data"]
+    from ..data.datasets import category_names
+
+    category_names(d["categories"], d["dataset"])   # names, not paths; BTAD's numbers
     if d["crop"] > d["resize"]:
         raise UserError(f"`data.crop` ({d['crop']}) must be <= `data.resize` ({d['resize']})")
     return out

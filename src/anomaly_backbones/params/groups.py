@@ -2,6 +2,8 @@
 with the methods, anomaly_backbones.methods.METHODS). Grouped by stage, as params.yaml is."""
 from __future__ import annotations
 
+import difflib
+
 from .schema import Param
 
 
@@ -20,7 +22,13 @@ def _synthetic_categories(v) -> str | None:
     return f"has unknown categories {bad} (known: {', '.join(CATEGORIES)})" if bad else _unique(v)
 
 
-DATASETS = ("synthetic", "folder", "mvtec", "mtd")
+def _dataset(v) -> str | None:
+    from ..data.datasets import DATASETS
+
+    if v in DATASETS:
+        return None
+    near = difflib.get_close_matches(str(v), DATASETS, n=1)
+    return f"must be one of {', '.join(DATASETS)}{f' (did you mean {near[0]!r}?)' if near else ''}"
 
 TOP = {
     "seed": Param(1024, int, low=0, high=2**32 - 1, help="fixes every random choice"),
@@ -38,11 +46,12 @@ GROUPS = {
         "n_defect_test": Param(9, int, low=1),
     },
     "data": {
-        "dataset": Param("synthetic", str, choices=DATASETS),
+        "dataset": Param("synthetic", str, check=_dataset, help="`python -m anomaly_backbones download` lists them"),
         "root": Param("data/synthetic", str),
-        "categories": Param("all", list, special=("all",), check=_unique),
+        "categories": Param("all", list, special=("all",), items=object, help="names (checked with the dataset)"),
         "resize": Param(256, int, low=1),
         "crop": Param(224, int, low=1),
+        "max_image_pixels": Param(200_000_000, int, low=1, help="larger images are refused before decoding"),
     },
     "extract": {
         "batch_size": Param(32, int, low=1, help="images per forward pass (memory grows with it)"),

@@ -48,7 +48,8 @@ class Param:
         return " or ".join([*map(str, self.special), what]) if self.special else what
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               object: "name"}
 
 
 def _num(x) -> str:
