@@ -1,7 +1,11 @@
-"""`python -m anomaly_backbones <command>`: backbones | sweep | report | pr-comment | download-mvtec."""
+"""`python -m anomaly_backbones <command>`: backbones | show | report | sweep | pr-comment | download-mvtec.
+
+Output into a pipe that closes early (`... | head -1`) ends the command quietly (exit 1, no traceback).
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .runner import run
@@ -10,7 +14,8 @@ USAGE = """usage: python -m anomaly_backbones <command> [options]
 
 commands:
   backbones [--family F] [--json]   list the backbone registry (layers, dim, d, params, offline weights)
-  report [--out reports]            gather finished experiments into tables and plots
+  show [-A] [--width N]             the runs compared (HEAD, experiments, workspace): ROC-AUC and AUPRO per method
+  report [--out reports]            gather finished runs into tables, plots and one reports/index.html
   sweep (--family F | --backbones a,b | --all) [--init random] [-S k=v] [-j N] [--dry-run]
                                     queue one DVC experiment per backbone and run the queue
   pr-comment [--base main]          PR comment from dvc metrics diff / dvc params diff
@@ -18,38 +23,46 @@ commands:
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    cmd, rest = argv[0], argv[1:]
+def _command(cmd: str, rest: list[str]):
     if cmd == "backbones":
-        from .backbones.cli import main_backbones
-
-        run(lambda: main_backbones(rest))
+        from .backbones.cli import main_backbones as main
+    elif cmd == "show":
+        from .report.show import main_show as main
     elif cmd == "report":
-        from .report import main_report
-
-        run(lambda: main_report(rest))
+        from .report import main_report as main
     elif cmd == "sweep":
-        from .sweep import main_sweep
-
-        run(lambda: main_sweep(rest))
+        from .sweep import main_sweep as main
     elif cmd == "pr-comment":
-        from .pr_comment import main_pr_comment
-
-        run(lambda: main_pr_comment(rest))
+        from .pr_comment import main_pr_comment as main
     elif cmd == "download-mvtec":
         from .download import download_mvtec
 
-        ap = argparse.ArgumentParser(prog="python -m anomaly_backbones download-mvtec")
-        ap.add_argument("dest")
-        a = ap.parse_args(rest)
-        run(lambda: download_mvtec(a.dest))
+        def main(argv):
+            ap = argparse.ArgumentParser(prog="python -m anomaly_backbones download-mvtec")
+            ap.add_argument("dest")
+            download_mvtec(ap.parse_args(argv).dest)
     else:
-        print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
-        sys.exit(2)
+        return None
+    return lambda: main(rest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(USAGE)
+        else:
+            command = _command(argv[0], argv[1:])
+            if command is None:
+                print(f"unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+                sys.exit(2)
+            run(command)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away: send what is left in the buffer nowhere, so that the interpreter's own
+        # flush at exit does not fail a second time (Python docs, "Note on SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":
