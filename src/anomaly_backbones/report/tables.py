@@ -73,6 +73,7 @@ def param_counts(name: str, layers: tuple[str, ...]) -> tuple[int | None, int | 
 
 def long_rows(runs: list[Run], reg: dict[str, dict]) -> list[dict]:
     rows = []
+    method_order = {m: i for i, m in enumerate(dict.fromkeys(m for r in runs for m in r.methods))}
     for r in runs:
         info = reg.get(r.backbone, OTHER)
         trunk, full = param_counts(r.backbone, tuple(r.layers))
@@ -91,7 +92,7 @@ def long_rows(runs: list[Run], reg: dict[str, dict]) -> list[dict]:
                 "timestamp": r.timestamp or "", "_order": info["order"], "_figures": mv, "_run": r.run_cell,
             })
     rows.sort(key=lambda x: (x["dataset"], x["_order"], x["backbone"], x["random_init"], x["init"], x["variant"],
-                             x["role"] != "baseline", x["method"]))
+                             x["role"] != "baseline", method_order[x["method"]]))
     return rows
 
 
@@ -104,8 +105,9 @@ def ms_cell(row: dict | None) -> str:
 
 
 def _bold_best(cells: list[str], values: list) -> list[str]:
-    best = max((f(v) for v in values if v is not None), default=None)
-    if best is None or len(values) < 2:
+    present = [f(v) for v in values if v is not None]
+    best = max(present, default=None)
+    if len(present) < 2:
         return cells
     return [c.replace(best, f"**{best}**", 1) if v is not None and f(v) == best else c for c, v in zip(cells, values)]
 
