@@ -105,9 +105,8 @@ def main_show(argv: list[str] | None = None) -> None:
         print("no finished runs (`dvc repro` or `dvc exp run` make one).")
     else:
         print("\n".join(show_lines(g.runs, max(width, 40))))
-    legend = (f"* = baseline (HEAD's committed run). img/pix = image/pixel ROC-AUC, pro = AUPRO; "
-              f"{NOT_APPLICABLE} = not applicable, empty = not recorded.")
-    print(legend if len(legend) <= max(width, 40) else legend.split(". ", 1)[0] + ".")
+    print(textwrap.fill(f"* = baseline (HEAD's committed run). img/pix = image/pixel ROC-AUC, pro = AUPRO; "
+                        f"{NOT_APPLICABLE} = not applicable, empty = not recorded.", max(width, 40)))
     if g.skipped:
         text = f"{len(g.skipped)} not shown (the report lists why): " + ", ".join(n for n, _ in g.skipped)
         print(textwrap.fill(text, max(width, 40)))
