@@ -60,10 +60,11 @@ def main():
             rows.append({"method": method, "category": name, "backbone": feats["backbone"], "init": feats["init"],
                          **{k: ("" if c[k] is None or math.isnan(c[k]) else round(c[k], 6)) for k in
                             ("image_auroc", "pixel_auroc", "fit_s", "predict_ms_per_image", "backbone_ms_per_image")}})
-            with replacing(roc_dir / f"{method}_{name}.csv") as f:
-                w = csv.writer(f)
-                w.writerow(["fpr", "tpr"])
-                w.writerows(zip(c["roc"]["fpr"], c["roc"]["tpr"]))
+            with replacing(roc_dir / f"{method}_{name}.csv") as f:   # image-level ROC; the other columns
+                w = csv.writer(f)                                      # title and label `dvc plots` (.dvc/plots/roc.json)
+                w.writerow(["fpr", "tpr", "method", "category", "backbone", "init"])
+                w.writerows((x, y, method, name, feats["backbone"], feats["init"])
+                            for x, y in zip(c["roc"]["fpr"], c["roc"]["tpr"]))
     write_json(METRICS / "metrics.json", metrics)
     write_json(METRICS / "speed.json", speed)
     with replacing(METRICS / "per_category.csv") as f:

@@ -2,7 +2,7 @@
 
 Runs `dvc metrics diff <base> --md` and `dvc params diff <base> --md` (the workspace, i.e. the PR's
 `make repro` result, against the base branch's committed metrics/metrics.json and params.yaml) and
-prints Markdown: a header, the ROC-AUC changes at a glance, both tables, and a note where nothing
+prints Markdown: a header, the quality changes at a glance (ROC-AUC, AP, F1-max, AUPRO), both tables, and a note where nothing
 changed. `build_comment(metrics_md, params_md)` does the formatting and runs nothing.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import UserError
 
 MARKER = "<!-- anomaly-backbones:pr-metrics -->"
-QUALITY = re.compile(r"(image|pixel)_auroc$")
+QUALITY = re.compile(r"(image|pixel)_(auroc|ap|f1max|aupro)$")   # not the interval bounds *_lo/_hi
 
 
 def parse_md_table(md: str) -> tuple[list[str], list[list[str]]]:
@@ -45,7 +45,7 @@ def _float(s: str):
 
 
 def quality_summary(metrics_md: str) -> list[str]:
-    """Bullets for the ROC-AUC rows: `padim.image_auroc: 0.978 -> 0.750 (-0.228)`."""
+    """Bullets for the quality rows (QUALITY): `padim.image_auroc: 0.978 -> 0.750 (-0.228)`."""
     header, rows = parse_md_table(metrics_md)
     if not rows or "Metric" not in header:
         return []
@@ -80,7 +80,7 @@ def build_comment(metrics_md: str, params_md: str, base: str = "main", head: str
     else:
         summary = quality_summary(metrics_md)
         if summary:
-            parts += ["**ROC-AUC** (means over categories):", ""] + summary + [""]
+            parts += ["**Quality** (means over categories):", ""] + summary + [""]
     parts += ["### Metrics", ""]
     parts += [_table_text(metrics_md), ""] if m_rows else [f"_No metric changes relative to `{base}`._", ""]
     parts += ["### Params", ""]
@@ -97,11 +97,10 @@ def _table_text(md: str) -> str:
 
 
 def dvc_diffs(base: str, cwd: str | Path = ".") -> tuple[str, str]:
-    from .report import run_dvc
+    """(`dvc metrics diff <base> --md`, `dvc params diff <base> --md`) in cwd."""
+    from .dvc_client import diff_md
 
-    m = run_dvc(["metrics", "diff", base, "--md"], cwd=cwd)
-    p = run_dvc(["params", "diff", base, "--md"], cwd=cwd)
-    return m.stdout, p.stdout
+    return diff_md("metrics", base, cwd), diff_md("params", base, cwd)
 
 
 def main_pr_comment(argv: list[str] | None = None) -> None:

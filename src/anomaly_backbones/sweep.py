@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .report import PARAMS_FILE, _canonical, _file_data, parse_json_output, run_dvc
+from . import dvc_client as dvc
+from .dvc_client import PARAMS_FILE, Entry, canonical
 
 AUTO_KEYS = ("layers", "padim.d")    # set to auto for a sweep unless given with -S
 DONE = ("success", "failed", "killed", "revoked", "gone")
@@ -116,40 +117,11 @@ def select_backbones(families: list[str] | None = None, backbones: list[str] | N
 
 # ------------------------------------------------------------------------------------ experiments
 
-def experiment_states(data) -> list[dict]:
-    """Every experiment in `dvc exp show --json` output: {name, rev, state, params}; state is success,
-    queued, running or failed (finished experiments without an executor count as success)."""
-    out = []
-    if isinstance(data, dict):  # DVC 2.x
-        for rev, group in data.items():
-            if rev == "workspace" or not isinstance(group, dict):
-                continue
-            for exp_rev, e in group.items():
-                if exp_rev == "baseline" or not isinstance(e, dict):
-                    continue
-                d = e.get("data") or {}
-                state = str(d.get("status") or ((d.get("executor") or {}).get("state")) or "success").lower()
-                if e.get("error"):
-                    state = "failed"
-                out.append({"name": d.get("name") or exp_rev[:7], "rev": exp_rev, "state": state,
-                            "params": _file_data(d.get("params"), PARAMS_FILE) or {}})
-        return out
-    for b in data if isinstance(data, list) else []:
-        if not isinstance(b, dict) or b.get("rev") == "workspace":
-            continue
-        for group in b.get("experiments") or []:
-            if not isinstance(group, dict):
-                continue
-            revs = [r for r in (group.get("revs") or []) if isinstance(r, dict)]
-            if not revs:
-                continue
-            r = revs[0]
-            state = str(((group.get("executor") or {}).get("state")) or "success").lower()
-            if r.get("error") and state == "success":
-                state = "failed"
-            out.append({"name": r.get("name") or group.get("name") or str(r.get("rev"))[:7], "rev": r.get("rev"),
-                        "state": state, "params": _file_data((r.get("data") or {}).get("params"), PARAMS_FILE) or {}})
-    return out
+def experiment_states(entries: list[Entry]) -> list[dict]:
+    """Every experiment of `dvc exp show` (dvc_client entries): {name, rev, state, params}; state is
+    success, queued, running or failed (finished experiments without an executor count as success)."""
+    return [{"name": e.name, "rev": e.rev, "state": e.state, "params": e.params}
+            for e in entries if e.kind == "experiment"]
 
 
 def plan_sweep(base_params: dict, backbones: list[str], init: str, overrides: list[str],
@@ -160,14 +132,14 @@ def plan_sweep(base_params: dict, backbones: list[str], init: str, overrides: li
     by_params: dict[str, dict] = {}
     for e in experiments:
         if e["state"] in ("success", "queued", "running") and e["params"]:
-            key = _canonical(e["params"])
+            key = canonical(e["params"])
             if key not in by_params or e["state"] == "success":
                 by_params[key] = e
     out = []
     for bb in backbones:
         sets = [f"backbone={bb}", f"init={init}"] + extra + list(overrides)
         params = apply_overrides(base_params, sets)
-        hit = by_params.get(_canonical(params))
+        hit = by_params.get(canonical(params))
         skip = None
         if hit is not None:
             skip = (f"finished as experiment {hit['name']}" if hit["state"] == "success"
@@ -199,31 +171,13 @@ def _progress(names: dict[str, str], states: dict[str, str]) -> str:
             f"{counts['running']} running · {counts['queued']} queued")
 
 
-def start_queue(cwd: Path, jobs: int, check: bool = True) -> str:
-    """`dvc queue start -j N`. Its output goes to a file, not a pipe: the detached worker inherits the
-    command's stdout/stderr, and a pipe would stay open (and block us) until the worker exits."""
-    import subprocess
-    import tempfile
-
-    from .report import dvc_env, dvc_exe
-
-    with tempfile.TemporaryFile(mode="w+") as f:
-        rc = subprocess.call([dvc_exe(), "queue", "start", "-j", str(jobs)], cwd=cwd, env=dvc_env(),
-                             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
-        f.seek(0)
-        text = f.read()
-    if check and rc != 0:
-        raise UserError(f"`dvc queue start -j {jobs}` failed: {text.strip()[-500:]}")
-    return text
-
-
 def wait_for(names: dict[str, str], cwd: Path, jobs: int, poll: float, timeout: float | None) -> dict[str, str]:
     """Poll `dvc queue status` until every queued experiment has finished; returns {name: state}."""
     t0, last, restarted = time.time(), None, False
     states: dict[str, str] = {}
     idle_polls = 0
     while True:
-        r = run_dvc(["queue", "status"], cwd=cwd, check=False)
+        r = dvc.run(["queue", "status"], cwd=cwd, check=False)
         table = parse_queue_status(r.stdout)
         states = {n: table.get(n, "gone") for n in names}
         line = _progress(names, states)
@@ -237,7 +191,7 @@ def wait_for(names: dict[str, str], cwd: Path, jobs: int, poll: float, timeout: 
             idle_polls += 1
             if idle_polls >= 3 and not restarted:  # the worker stopped before our tasks ran: start it again
                 print("no active queue worker; starting one again", flush=True)
-                start_queue(cwd, jobs, check=False)
+                dvc.start_queue(cwd, jobs, check=False)
                 restarted = True
         else:
             idle_polls = 0
@@ -277,11 +231,7 @@ def main_sweep(argv: list[str] | None = None) -> None:
         base = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"{PARAMS_FILE} could not be read: {e}") from None
-    shown = run_dvc(["exp", "show", "--json", "--all-commits"], cwd=root)
-    try:
-        exps = experiment_states(parse_json_output(shown.stdout))
-    except ValueError as e:
-        raise UserError(f"could not read `dvc exp show --json` output: {e}") from None
+    exps = experiment_states(dvc.exp_show(root, all_commits=True))
     plan = plan_sweep(base, backbones, a.init, a.set_param, exps)
     todo = [p for p in plan if not p["skip"]]
 
@@ -309,12 +259,12 @@ def main_sweep(argv: list[str] | None = None) -> None:
         return
     queued: dict[str, str] = {}
     for p, c in zip(todo, cmds):
-        r = run_dvc(c, cwd=root)
+        r = dvc.run(c, cwd=root)
         m = re.search(r"Queued experiment '([^']+)'", r.stdout + r.stderr)
         name = m.group(1) if m else f"?{len(queued)}"
         queued[name] = p["backbone"]
         print(f"  queued {p['backbone']} as {name}")
-    start_queue(root, a.jobs)
+    dvc.start_queue(root, a.jobs)
     print(f"started {a.jobs} queue worker(s); progress every {a.poll:g} s (Ctrl-C stops waiting, not the queue)")
     if a.no_wait:
         print("not waiting: `dvc queue status` shows progress, `dvc queue logs <name>` a run's output.")

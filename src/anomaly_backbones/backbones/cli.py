@@ -25,12 +25,6 @@ def _counts(entry: dict) -> dict[str, int]:
     return param_counts(entry["name"])
 
 
-def count_params(entry: dict) -> int:
-    """Parameters of the model as load_backbone returns it (auxiliary heads removed): the "full"
-    of param_counts, which says more (the trunk too); kept for existing callers."""
-    return _counts(entry)["full"]
-
-
 def main_backbones(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones backbones",
                                  description="List the backbone registry: layers, dim, d, parameters (trunk up to "
