@@ -1,7 +1,9 @@
 """Stage 4, fit@<method>: fit one method per category on cached features, score the test set.
 
-Writes outputs/<method>/<category>.npz (image scores, float16 anomaly maps) and
-outputs/<method>/results.json (per-category ROC-AUC, timings, peak memory, ROC curves).
+Writes outputs/<method>/<category>.npz (image scores, float16 anomaly maps where the method has
+them) and outputs/<method>/results.json (per category: image ROC-AUC with its DeLong interval, AP,
+F1-max; pixel ROC-AUC, AP, F1-max, AUPRO; timings; the ROC curve; the stage's peak memory and the
+machine's load when it started).
 """
 import sys
 import time
@@ -14,7 +16,7 @@ from anomaly_backbones.data.prepare import load_prepared, read_samples
 from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.files import read_json, replacing, write_json
 from anomaly_backbones.methods import get_method
-from anomaly_backbones.metrics import roc_auc, roc_auc_bytes, roc_curve
+from anomaly_backbones.metrics import PIXEL_KEYS, image_metrics, pixel_metrics, pixel_metrics_bytes, roc_curve
 from anomaly_backbones.params import load_params, resolve
 from anomaly_backbones.resources import BASELINE_BYTES, check_memory, load_1m, peak_rss_mb, usable_cpus
 from anomaly_backbones.runner import run
@@ -23,27 +25,29 @@ PREPARED, FEATURES, OUT = Path("data/prepared"), Path("data/features"), Path("ou
 
 
 def fit_category(method: str, p: dict, name: str, label: str) -> dict:
-    """Fit and score one category; writes outputs/<method>/<name>.npz; returns its results entry."""
+    """Fit and score one category; writes outputs/<method>/<name>.npz; returns its results entry:
+    every image metric (and the ROC-AUC's DeLong variance), every pixel metric (None for a method
+    without anomaly maps), timings and a compact ROC curve."""
     train, test = FeatureSet(FEATURES / name, "train"), FeatureSet(FEATURES / name, "test")
     r = resolve(p, shapes=train.meta["shapes"])
     m = get_method(method)(r[method], r["layers"], p["seed"])
     m.label = label
-    pixels = len(test) * test.image_size ** 2  # the maps (float32) and masks, then their ROC-AUC
-    check_memory(BASELINE_BYTES + 5.0 * pixels + roc_auc_bytes(pixels),
-                 f"pixel ROC-AUC on {name} ({len(test)} test images of {test.image_size} px)",
-                 "lower `data.crop` (memory grows with pixels per image).")
+    masks = load_prepared(PREPARED / name, "test_masks", mmap=False) if m.level == "pixel" else None
+    if masks is not None:   # the maps (float32) and masks, then the pixel metrics' sort
+        pixels = masks.size
+        check_memory(BASELINE_BYTES + 5.0 * pixels + pixel_metrics_bytes(pixels, int(np.count_nonzero(masks))),
+                     f"pixel metrics on {name} ({len(test)} test images of {test.image_size} px)",
+                     "lower `data.crop` (memory grows with pixels per image).")
     t0 = time.perf_counter()
     m.fit(train)
     t1 = time.perf_counter()
     scores, maps = m.predict(test)
     t2 = time.perf_counter()
-    del m   # the fitted model (PaDiM: GBs of inverse covariances for large d) is not needed for ROC-AUC
+    del m   # the fitted model (PaDiM: GBs of inverse covariances for large d) is not needed for the metrics
     labels = np.array([int(s["label"]) for s in read_samples(PREPARED / name) if s["split"] == "test"])
     fpr, tpr = roc_curve(labels, scores)
-    res = {"image_auroc": roc_auc(labels, scores), "pixel_auroc": None}
-    if maps is not None:
-        masks = load_prepared(PREPARED / name, "test_masks", mmap=False)
-        res["pixel_auroc"] = roc_auc(masks, maps) if masks.any() else float("nan")
+    res = {**image_metrics(labels, scores), **(pixel_metrics(masks, maps) if maps is not None else
+                                               dict.fromkeys(PIXEL_KEYS))}
     res.update(fit_s=t1 - t0, predict_ms_per_image=1000.0 * (t2 - t1) / len(test),
                backbone_ms_per_image=train.meta["ms_per_image"],
                roc={"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})
@@ -55,6 +59,10 @@ def fit_category(method: str, p: dict, name: str, label: str) -> dict:
     return res
 
 
+def fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def main():
     method = sys.argv[1]
     p = load_params()
@@ -64,9 +72,8 @@ def main():
     categories = [c["category"] for c in read_json(PREPARED / "categories.json")]
     for name in tqdm(categories, desc=f"fit@{method} {p['backbone']}", unit="category", dynamic_ncols=True):
         r = results["categories"][name] = fit_category(method, p, name, f"{method} {p['backbone']} {name}")
-        pixel = "n/a" if r["pixel_auroc"] is None else f"{r['pixel_auroc']:.4f}"
-        tqdm.write(f"{method} {name}: image ROC-AUC {r['image_auroc']:.4f}, pixel ROC-AUC {pixel}, "
-                   f"fit {r['fit_s']:.1f} s")
+        tqdm.write(f"{method} {name}: image ROC-AUC {fmt(r['image_auroc'])}, pixel ROC-AUC {fmt(r['pixel_auroc'])}, "
+                   f"AUPRO {fmt(r['pixel_aupro'])}, fit {r['fit_s']:.1f} s")
     results["peak_mb"] = peak_rss_mb()
     write_json(OUT / method / "results.json", results)
 

@@ -1,7 +1,8 @@
 """Stage 6, aggregate: means over categories, per-category CSV, ROC plots.
 
-Quality and cost go to two files: metrics/metrics.json (run + ROC-AUC: a function of the params
-alone, so the same params give it bit for bit) and metrics/speed.json (ms/image, fit seconds,
+Quality and cost go to two files: metrics/metrics.json (run + every metric: a function of the
+params alone, so the same params give it bit for bit; an image-level method's pixel metrics are
+null) and metrics/speed.json (ms/image, fit seconds,
 peak memory: they depend on the machine and its load). `dvc metrics show/diff` reads both.
 """
 import csv
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_backbones.files import read_json, replacing, write_json
+from anomaly_backbones.metrics import IMAGE_KEYS, IMAGE_VAR_KEY, PIXEL_KEYS, mean_interval
 from anomaly_backbones.params import load_params
 from anomaly_backbones.resources import cpu_model, usable_cpus
 from anomaly_backbones.runner import run
@@ -27,6 +29,17 @@ def mean_of(cats: dict, key: str, digits: int | None = 6) -> float | None:
         return None
     m = float(np.mean(vals))
     return m if digits is None else round(m, digits)
+
+
+def summarize(cats: dict) -> dict:
+    """A method's metrics block: each metric's mean over categories; the image ROC-AUC's interval
+    is the mean's (DeLong variances of independent test sets added), not a mean of intervals."""
+    out = {k: mean_of(cats, k) for k in (*IMAGE_KEYS, *PIXEL_KEYS)}
+    defined = [c for c in cats.values() if c.get("image_auroc") is not None]
+    lo, hi = mean_interval([c["image_auroc"] for c in defined], [c.get(IMAGE_VAR_KEY) for c in defined])
+    out["image_auroc_lo"] = None if lo is None else round(lo, 6)
+    out["image_auroc_hi"] = None if hi is None else round(hi, 6)
+    return out
 
 
 def main():
@@ -50,7 +63,7 @@ def main():
     for method in p["methods"]:
         res = read_json(Path("outputs") / method / "results.json")
         cats = res["categories"]
-        metrics[method] = {k: mean_of(cats, k) for k in ("image_auroc", "pixel_auroc")}
+        metrics[method] = summarize(cats)
         speed[method] = {
             "ms_per_image": round(mean_of(cats, "backbone_ms_per_image", None) + mean_of(cats, "predict_ms_per_image", None), 2),
             "fit_s": round(sum(c["fit_s"] for c in cats.values()), 2),
@@ -58,8 +71,8 @@ def main():
         }
         for name, c in cats.items():
             rows.append({"method": method, "category": name, "backbone": feats["backbone"], "init": feats["init"],
-                         **{k: ("" if c[k] is None or math.isnan(c[k]) else round(c[k], 6)) for k in
-                            ("image_auroc", "pixel_auroc", "fit_s", "predict_ms_per_image", "backbone_ms_per_image")}})
+                         **{k: ("" if c.get(k) is None or math.isnan(c[k]) else round(c[k], 6)) for k in
+                            (*IMAGE_KEYS, *PIXEL_KEYS, "fit_s", "predict_ms_per_image", "backbone_ms_per_image")}})
             with replacing(roc_dir / f"{method}_{name}.csv") as f:   # image-level ROC; the other columns
                 w = csv.writer(f)                                      # title and label `dvc plots` (.dvc/plots/roc.json)
                 w.writerow(["fpr", "tpr", "method", "category", "backbone", "init"])

@@ -12,12 +12,15 @@ from sklearn.metrics import (
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.metrics import (
     IMAGE_KEYS,
+    IMAGE_VAR_KEY,
     average_precision,
     f1_max,
     image_metrics,
+    mean_interval,
     roc_auc,
     roc_auc_delong,
 )
+from anomaly_backbones.metrics.delong import delong_variance
 
 
 def scores_with_ties(n, decimals, positives, seed):
@@ -89,12 +92,26 @@ def test_delong_hand_example_and_clipping():
 def test_image_metrics_keys_values_and_undefined_cases():
     y, s = scores_with_ties(300, 2, 0.3, 3)
     got = image_metrics(y.astype(int), s)
-    assert list(got) == list(IMAGE_KEYS)
+    assert list(got) == [*IMAGE_KEYS, IMAGE_VAR_KEY]
+    auc, var = delong_variance(y, s)
+    assert got[IMAGE_VAR_KEY] == var and auc == pytest.approx(got["image_auroc"], abs=1e-12)
     assert got["image_auroc"] == roc_auc(y, s)
     assert (got["image_auroc_lo"], got["image_auroc_hi"]) == roc_auc_delong(y, s)[1:]
     assert got["image_ap"] == average_precision(y, s) and got["image_f1max"] == f1_max(y, s)
-    assert image_metrics(np.zeros(4, int), s[:4]) == dict.fromkeys(IMAGE_KEYS)
-    assert image_metrics(np.ones(4, int), s[:4]) == dict.fromkeys(IMAGE_KEYS)
+    assert image_metrics(np.zeros(4, int), s[:4]) == dict.fromkeys([*IMAGE_KEYS, IMAGE_VAR_KEY])
+    assert image_metrics(np.ones(4, int), s[:4]) == dict.fromkeys([*IMAGE_KEYS, IMAGE_VAR_KEY])
+
+
+def test_the_mean_interval_adds_the_categories_variances():
+    """Categories are independent test sets: Var(mean of K AUCs) = sum of variances / K^2."""
+    y1, s1 = scores_with_ties(200, 2, 0.3, 5)
+    y2, s2 = scores_with_ties(150, 3, 0.4, 6)
+    (a1, v1), (a2, v2) = delong_variance(y1, s1), delong_variance(y2, s2)
+    lo, hi = mean_interval([a1, a2], [v1, v2])
+    half = NormalDist().inv_cdf(0.975) * np.sqrt((v1 + v2) / 4)
+    assert lo == pytest.approx((a1 + a2) / 2 - half, abs=1e-12) and hi == pytest.approx((a1 + a2) / 2 + half, abs=1e-12)
+    assert mean_interval([a1], [v1]) == roc_auc_delong(y1, s1)[1:]          # one category: its own interval
+    assert mean_interval([a1, a2], [v1, None]) == (None, None)
     assert average_precision([1, 1], [0.1, 0.2]) is None and f1_max([0, 0], [0.1, 0.2]) is None
     with pytest.raises(UserError, match="NaN or Inf"):
         image_metrics([0, 1], [0.1, np.nan])

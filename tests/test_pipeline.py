@@ -48,9 +48,13 @@ def clone(tmp_path_factory):
 def test_repro_writes_metrics_and_second_repro_is_a_noop(clone):
     r = sh(["dvc", "repro"], cwd=clone)
     m = json.loads((clone / "metrics" / "metrics.json").read_text())
-    assert set(m["padim"]) == {"image_auroc", "pixel_auroc"}
+    assert set(m["padim"]) == {"image_auroc", "image_auroc_lo", "image_auroc_hi", "image_ap", "image_f1max",
+                               "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro"}
+    assert m["padim"]["image_auroc_lo"] <= m["padim"]["image_auroc"] <= m["padim"]["image_auroc_hi"]
+    assert all(0 < v <= 1 for v in m["padim"].values())
     speed = json.loads((clone / "metrics" / "speed.json").read_text())
     assert set(speed["padim"]) == {"ms_per_image", "fit_s", "peak_mb"} and speed["padim"]["fit_s"] > 0
+    assert speed["host"]["cpus"] >= 1 and speed["host"]["device"] == "cpu" and speed["host"]["load_1m"] >= 0
     assert 0.5 < m["padim"]["image_auroc"] <= 1.0 and 0.5 < m["padim"]["pixel_auroc"] <= 1.0
     assert m["run"]["backbone"] == "tf_efficientnet_lite0" and m["run"]["init"].startswith("imagenet")
     cache = sum(f.stat().st_size for f in (clone / "data" / "features").rglob("*.npy")) / 2**20

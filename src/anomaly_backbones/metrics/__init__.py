@@ -7,9 +7,10 @@
   delong.py     ROC-AUC confidence interval (DeLong, fast midrank form)
   levels.py     image_metrics / pixel_metrics: every metric of one level in one call
 """
-from .delong import roc_auc_delong
+from .delong import mean_interval, roc_auc_delong
 from .levels import (
            IMAGE_KEYS,
+           IMAGE_VAR_KEY,
            PIXEL_KEYS,
            image_metrics,
            pixel_metrics,
@@ -19,5 +20,5 @@ from .precision import average_precision, f1_max
 from .pro import aupro
 from .roc import roc_auc, roc_auc_bytes, roc_curve
 
-__all__ = ["IMAGE_KEYS", "PIXEL_KEYS", "aupro", "average_precision", "f1_max", "image_metrics",
+__all__ = ["IMAGE_KEYS", "IMAGE_VAR_KEY", "PIXEL_KEYS", "mean_interval", "aupro", "average_precision", "f1_max", "image_metrics",
            "pixel_metrics", "pixel_metrics_bytes", "roc_auc", "roc_auc_bytes", "roc_auc_delong", "roc_curve"]

@@ -28,10 +28,9 @@ def delong_placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     return v10, v01
 
 
-def roc_auc_delong(labels: np.ndarray, scores: np.ndarray, level: float = 0.95
-                   ) -> tuple[float | None, float | None, float | None]:
-    """(auc, lo, hi): ROC-AUC and its `level` interval. None where undefined: all three for one
-    class only, the bounds when a class has a single sample (no variance)."""
+def delong_variance(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
+    """(auc, Var(auc)) by DeLong; (None, None) for one class only, variance None when a class has a
+    single sample."""
     y = np.asarray(labels, dtype=bool).ravel()
     s = np.asarray(scores, dtype=np.float32).ravel()
     if y.size != s.size:
@@ -40,11 +39,34 @@ def roc_auc_delong(labels: np.ndarray, scores: np.ndarray, level: float = 0.95
     m = int(np.count_nonzero(y))
     n = y.size - m
     if m == 0 or n == 0:
-        return None, None, None
+        return None, None
     v10, v01 = delong_placements(y, s)
     auc = float(v10.mean())
     if m < 2 or n < 2:
-        return auc, None, None
-    var = v10.var(ddof=1) / m + v01.var(ddof=1) / n
+        return auc, None
+    return auc, float(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
+
+
+def interval(auc: float, var: float | None, level: float = 0.95) -> tuple[float | None, float | None]:
+    """The normal-approximation `level` interval auc -/+ z sqrt(var), clipped to [0, 1]."""
+    if var is None:
+        return None, None
     half = NormalDist().inv_cdf(0.5 + level / 2) * float(np.sqrt(var))
-    return auc, max(0.0, auc - half), min(1.0, auc + half)
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
+def mean_interval(aucs: list[float], variances: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
+    """Interval of the mean ROC-AUC over categories (independent test sets): Var(mean) = sum Var_i / K^2."""
+    if not aucs or any(v is None for v in variances):
+        return None, None
+    return interval(float(np.mean(aucs)), float(np.sum(variances)) / len(aucs) ** 2, level)
+
+
+def roc_auc_delong(labels: np.ndarray, scores: np.ndarray, level: float = 0.95
+                   ) -> tuple[float | None, float | None, float | None]:
+    """(auc, lo, hi): ROC-AUC and its `level` interval. None where undefined: all three for one
+    class only, the bounds when a class has a single sample (no variance)."""
+    auc, var = delong_variance(labels, scores)
+    if auc is None:
+        return None, None, None
+    return (auc, *interval(auc, var, level))
