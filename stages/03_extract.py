@@ -69,8 +69,9 @@ def pooled_last_stage(bb, layers: list[str], size: int, engine: str) -> tuple[st
         return last, None
     try:
         return last, Tail(bb.model, layers, last, bb.name, size, engine)
-    except UserError as e:
-        print(f"note: no pooled last stage for {bb.name} (image-level methods can pool the cached layers): {e}")
+    except Exception as e:  # noqa: BLE001 - fx fails in many ways; the layer maps must not depend on it
+        print(f"note: no pooled last stage for {bb.name} (image-level methods can pool the cached layers): "
+              f"{e if isinstance(e, UserError) else f'{type(e).__name__}: {e}'}")
         return None, None
 
 

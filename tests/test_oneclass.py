@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
@@ -158,6 +159,9 @@ def test_dn2_matches_a_brute_force_loop(cache, k):
     x, z = train.pooled(LAST).astype(np.float64), test.pooled(LAST).astype(np.float64)
     assert maps is None
     np.testing.assert_allclose(scores, brute_force(z, x, k), rtol=1e-10)
+    # PANDA's knn_score (faiss IndexFlatL2: squared distances, summed) through scikit-learn's exact search
+    dist, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(z)
+    np.testing.assert_allclose(scores, (dist ** 2).sum(1), rtol=1e-9)
     np.testing.assert_array_equal(knn_sq_sum(z, x, k, block_elems=len(x) * 7), knn_sq_sum(z, x, k))  # blocks
 
 

@@ -22,7 +22,7 @@ class PooledMethod(Method):
 
     @classmethod
     def cached_layers(cls, group: dict, layers: list[str]) -> list[str]:
-        """None: the pooled cache holds every layer these methods may read."""
+        """No layer maps: the pooled cache holds every layer these methods may read."""
         return []
 
     def pooled_layers(self, fs) -> list[str]:
