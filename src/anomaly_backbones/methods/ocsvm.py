@@ -4,7 +4,8 @@ beside embedding comparison. Image-level: one score per image, no anomaly map.
 
 Features: the pooled `layers` (methods/pooled.py; auto = the backbone's last stage), scaled to
 zero mean and unit variance on the training set. Solver: scikit-learn's OneClassSVM (libsvm),
-with its defaults besides the params below. Score: minus the decision function (higher = more
+with its defaults besides the params below and a tighter stopping tolerance (LIBSVM_TOL,
+methods/pooled.py). Score: minus the decision function (higher = more
 anomalous; the boundary is 0).
 
 Params (params["ocsvm"], defaults in the registry, methods/__init__.py): kernel (rbf | linear),
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .memory import LIBSVM_CACHE_MB, OCSVMMemory
-from .pooled import PooledMethod
+from .pooled import LIBSVM_TOL, PooledMethod
 
 
 class OCSVM(OCSVMMemory, PooledMethod):
@@ -37,7 +38,8 @@ class OCSVM(OCSVMMemory, PooledMethod):
         self.guard(self.fit_bytes(*x.shape), f"OC-SVM fit on {train.dir} ({x.shape[0]} images x {x.shape[1]} dims)",
                    "pool fewer channels (`ocsvm.layers`).")
         self.scaler = StandardScaler().fit(x)
-        self.svm = OneClassSVM(kernel=self.kernel, nu=self.nu, gamma=self.gamma, cache_size=LIBSVM_CACHE_MB)
+        self.svm = OneClassSVM(kernel=self.kernel, nu=self.nu, gamma=self.gamma, tol=LIBSVM_TOL,
+                               cache_size=LIBSVM_CACHE_MB)
         self.svm.fit(self.scaler.transform(x))
 
     def grid_scores(self, test) -> tuple[np.ndarray, None]:

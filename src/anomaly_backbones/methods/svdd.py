@@ -26,9 +26,7 @@ import numpy as np
 
 from ..errors import UserError
 from .memory import LIBSVM_CACHE_MB, SVDDMemory
-from .pooled import PooledMethod
-
-TOL = 1e-6  # libsvm's stopping tolerance, on the kernel scaled to largest |k_ii| = 1
+from .pooled import LIBSVM_TOL, PooledMethod
 
 
 def kernel(x: np.ndarray, y: np.ndarray, kind: str, gamma: float) -> np.ndarray:
@@ -56,7 +54,7 @@ def solve_dual(k: np.ndarray, nu: float) -> tuple[np.ndarray, float, float]:
     k -= d[:, None] / 2
     k -= d[None, :] / 2
     k /= s
-    svm = OneClassSVM(kernel="precomputed", nu=nu, tol=TOL, cache_size=LIBSVM_CACHE_MB).fit(k)
+    svm = OneClassSVM(kernel="precomputed", nu=nu, tol=LIBSVM_TOL, cache_size=LIBSVM_CACHE_MB).fit(k)
     alpha = svm.dual_coef_[0]
     total = float(alpha.sum())
     a = np.zeros(n)
