@@ -3,6 +3,13 @@
 Every method reads this cache, so changing `methods` or a method's params never runs the
 network again. Weights are resolved before anything is written. `extract.engine` picks eager
 PyTorch or ONNX Runtime (anomaly_backbones.backbones.ort_extractor); stats.json records which ran.
+
+Pooled features (the image-level methods': OC-SVM, SVDD, DN2): every cached layer and the
+backbone's last stage, globally average-pooled (<split>/pooled/<layer>.npy), always, whatever
+`methods` lists, so adding one of those methods or changing its params reruns only its fit.
+The last stage comes from the cached layers' outputs through the rest of the network
+(anomaly_backbones.pooling.Tail, run by the trunk's engine): the cached maps and `ms_per_image`
+are those of the trunk alone; the tail's and the pooling's time is `pooled_ms_per_image`.
 """
 import shutil
 import time
@@ -15,18 +22,22 @@ from tqdm import tqdm
 from anomaly_backbones.backbones import load_backbone
 from anomaly_backbones.backbones.ort_extractor import make_extractor
 from anomaly_backbones.data.prepare import load_prepared
-from anomaly_backbones.features import FeatureWriter
+from anomaly_backbones.errors import UserError
+from anomaly_backbones.features import POOLED, FeatureWriter, PooledWriter, layer_file
 from anomaly_backbones.files import read_json, write_json
 from anomaly_backbones.params import load_params, resolve
+from anomaly_backbones.pooling import Tail, last_stage
 from anomaly_backbones.resources import check_memory, load_1m, peak_rss_mb, usable_cpus
 from anomaly_backbones.runner import run
 
 PREPARED, OUT = Path("data/prepared"), Path("data/features")
 
 
-def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWriter, split: str, desc: str):
-    """Forward all images of a split in batches; returns forward seconds (normalization included, I/O not)."""
-    forward_s = 0.0
+def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWriter, split: str, desc: str,
+                  pooled: PooledWriter, tail: Tail | None):
+    """Forward all images of a split in batches; returns (forward seconds (normalization
+    included, I/O not), seconds of the tail to the last stage and the pooling)."""
+    forward_s = pooled_s = 0.0
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for s in range(0, len(images), batch_size):
             batch = np.array(images[s:s + batch_size])
@@ -36,8 +47,32 @@ def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWrite
             if s == 0:
                 writer.open(split, len(images), {k: tuple(v.shape[1:]) for k, v in feats.items()})
             writer.write(split, feats)
+            t = time.perf_counter()
+            maps = dict(feats)
+            if tail is not None:
+                maps[tail.last] = tail(feats)   # after the maps are written: nothing can change them
+            if s == 0:
+                pooled.open(split, len(images), {k: v.shape[1] for k, v in maps.items()})
+            pooled.write(split, maps)
+            pooled_s += time.perf_counter() - t
             bar.update(len(batch))
-    return forward_s
+    return forward_s, pooled_s
+
+
+def pooled_last_stage(bb, layers: list[str], size: int, engine: str) -> tuple[str | None, Tail | None]:
+    """(the backbone's last stage, the network from the cached layers to it, run by the trunk's
+    engine). The tail is None when the last stage is cached itself; both are None when the
+    forward pass cannot be cut there (then the pooled cache holds the cached layers only, said
+    in the log)."""
+    last = last_stage(bb.model, bb.entry["layers"] if bb.entry else layers)
+    if last in layers:
+        return last, None
+    try:
+        return last, Tail(bb.model, layers, last, bb.name, size, engine)
+    except Exception as e:  # noqa: BLE001 - fx fails in many ways; the layer maps must not depend on it
+        print(f"note: no pooled last stage for {bb.name} (image-level methods can pool the cached layers): "
+              f"{e if isinstance(e, UserError) else f'{type(e).__name__}: {e}'}")
+        return None, None
 
 
 def main():
@@ -49,25 +84,36 @@ def main():
     batch_size, dtype = ex["batch_size"], ex["dtype"]
     size = p["data"]["crop"]
     ext, engine = make_extractor(bb.model, layers, bb.name, ex["engine"], size, bb.mean, bb.std)
-    check_memory(ext.estimate_bytes(batch_size, size, np.dtype(dtype).itemsize),
+    last, tail = pooled_last_stage(bb, layers, size, engine)
+    check_memory(ext.estimate_bytes(batch_size, size, np.dtype(dtype).itemsize)
+                 + (tail.estimate_bytes(batch_size) if tail else 0.0),
                  f"extract {bb.name} (layers {layers}, batches of {batch_size} images of {size} px)",
                  "lower `extract.batch_size` (memory grows with it).")
     shutil.rmtree(OUT, ignore_errors=True)
     stats = {"backbone": bb.name, "init": bb.init, "layers": layers, "dtype": dtype, "engine": engine,
-             "categories": {}, "load_1m": load_1m(), "cpus": usable_cpus()}   # timings are read with the load
+             "categories": {}, "load_1m": load_1m(), "cpus": usable_cpus(),   # timings are read with the load
+             "last_stage": last, "tail_engine": tail.engine if tail else None}
     for c in read_json(PREPARED / "categories.json"):
         name = c["category"]
         meta = {"backbone": bb.name, "init": bb.init, "layers": layers, "image_size": size, "engine": engine}
-        writer = FeatureWriter(OUT / name, meta, dtype)
-        times = {}
+        writer, pooled = FeatureWriter(OUT / name, meta, dtype), PooledWriter(OUT / name)
+        times, pooled_times = {}, {}
         for split in ("train", "test"):
             images = load_prepared(PREPARED / name, f"{split}_images")
-            times[split] = extract_split(ext, images, batch_size, writer, split, f"extract {bb.name} {name} {split}")
+            times[split], pooled_times[split] = extract_split(ext, images, batch_size, writer, split,
+                                                              f"extract {bb.name} {name} {split}", pooled, tail)
         writer.meta["ms_per_image"] = 1000.0 * times["test"] / max(1, c["test"])
+        writer.meta["pooled_ms_per_image"] = 1000.0 * pooled_times["test"] / max(1, c["test"])
+        writer.meta.update(pooled=pooled.close(), last_stage=last)
         writer.close()
-        cache_bytes = sum(f.stat().st_size for f in (OUT / name).rglob("*.npy"))
+        # cache_mb: the layer maps (set by shapes and dtype); the pooled vectors, a few KB per image, apart
+        cache_bytes = sum((OUT / name / split / layer_file(layer)).stat().st_size
+                          for split in ("train", "test") for layer in layers)
+        pooled_bytes = sum(f.stat().st_size for split in ("train", "test") for f in (OUT / name / split / POOLED).iterdir())
         stats["categories"][name] = {"forward_s": times, "ms_per_image": writer.meta["ms_per_image"],
-                                     "cache_mb": cache_bytes / 2**20}
+                                     "cache_mb": cache_bytes / 2**20, "pooled_s": pooled_times,
+                                     "pooled_ms_per_image": writer.meta["pooled_ms_per_image"],
+                                     "pooled_mb": pooled_bytes / 2**20}
     stats["peak_mb"] = peak_rss_mb()
     write_json(OUT / "stats.json", stats)
 

@@ -43,13 +43,16 @@ def fit_category(method: str, p: dict, name: str, label: str) -> dict:
     t1 = time.perf_counter()
     scores, maps = m.predict(test)
     t2 = time.perf_counter()
+    backbone_ms = train.meta["ms_per_image"]
+    if m.level == "image":   # an image-level method's features also need the network past the cached layers
+        backbone_ms += train.meta.get("pooled_ms_per_image", 0.0)
     del m   # the fitted model (PaDiM: GBs of inverse covariances for large d) is not needed for the metrics
     labels = np.array([int(s["label"]) for s in read_samples(PREPARED / name) if s["split"] == "test"])
     fpr, tpr = roc_curve(labels, scores)
     res = {**image_metrics(labels, scores), **(pixel_metrics(masks, maps) if maps is not None else
                                                dict.fromkeys(PIXEL_KEYS))}
     res.update(fit_s=t1 - t0, predict_ms_per_image=1000.0 * (t2 - t1) / len(test),
-               backbone_ms_per_image=train.meta["ms_per_image"],
+               backbone_ms_per_image=backbone_ms,
                roc={"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})
     with replacing(OUT / method / f"{name}.npz", "wb") as f:
         arrays = {"scores": scores.astype(np.float32)}

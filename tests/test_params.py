@@ -14,6 +14,7 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.methods import METHODS, MethodInfo, get_method
 from anomaly_backbones.params import Param, load_params, resolve, schema_groups, set_params, validate
 from anomaly_backbones.params.groups import TOP
+from anomaly_backbones.params.schema import check_group
 from conftest import ROOT, make_cache
 
 LITE0 = {"blocks.1": (24, 56, 56), "blocks.2": (40, 28, 28), "blocks.4": (112, 14, 14)}
@@ -137,9 +138,11 @@ def test_extract_depends_on_every_param_that_changes_the_cached_layers():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     extract_params = set(stages["extract"]["params"])
     assert {"seed", "backbone", "init", "layers", "extract"} <= extract_params
-    for name, info in METHODS.items():
-        if "layers" in info.params:
-            assert f"{name}.layers" in extract_params, name
+    caching = [name for name, info in METHODS.items() if "layers" in info.params and "probe" in get_method(name)
+               .cached_layers(check_group(name, info.params, {"layers": ["probe"]}), ["a"])]
+    assert "patchcore" in caching   # the image-level methods' `layers` pick among pooled layers: never cached
+    for name in caching:
+        assert f"{name}.layers" in extract_params, name
 
 
 def test_every_stage_validates_all_params_before_working(tmp_path, monkeypatch, capsys):

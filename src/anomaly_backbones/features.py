@@ -16,6 +16,7 @@ import torch
 from .errors import UserError
 
 META = "meta.json"
+POOLED = "pooled"       # <split>/pooled/<layer>.npy: (N, C) float32 global average pools (PooledWriter)
 MAP_BYTES = 64 * 2**20  # most bytes of a cache file one strided read maps at once (FeatureSet.groups)
 
 
@@ -47,6 +48,18 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return int(self.meta[f"n_{self.split}"])
+
+    def pooled(self, layer: str) -> np.ndarray:
+        """(N, C) float32 global average pools of `layer` (meta.json's "pooled" lists the layers:
+        every cached layer and the backbone's last stage, see PooledWriter)."""
+        pooled = self.meta.get("pooled")
+        if pooled is None:
+            raise UserError(f"feature cache {self.dir} has no pooled features (an older extract); re-run the "
+                            f"extract stage: dvc repro -f extract")
+        if layer not in pooled:
+            raise UserError(f"layer {layer!r} is not in the pooled feature cache {self.dir} (pooled: "
+                            f"{list(pooled)}); add it to the `layers` param and re-run extract.")
+        return np.load(self.dir / self.split / POOLED / layer_file(layer))
 
     def shape(self, layer: str) -> tuple[int, int, int]:
         return tuple(self.array(layer).shape[1:])  # type: ignore[return-value]
@@ -144,3 +157,54 @@ class FeatureWriter:
                                    f"{self._expected[split]} rows")
         self._files.clear()
         (self.dir / META).write_text(json.dumps(self.meta, indent=1, sort_keys=True))
+
+
+def global_pool(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(B, C, h, w) maps -> (B, C) float32 means over positions, summed in float64 by numpy (one
+    thread: the bytes never depend on the thread count)."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return a.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+
+
+class PooledWriter:
+    """Streams one category's global average pools, (N, C) float32 per (split, layer), into
+    <split>/pooled/<layer>.npy beside the layer maps (float32 whatever the cache dtype: a few KB
+    per image). The image-level methods read them through FeatureSet.pooled; `close` returns
+    {layer: C} for meta.json's "pooled", which FeatureWriter.close writes last."""
+
+    def __init__(self, category_dir: str | Path):
+        self.dir = Path(category_dir)
+        self._files: dict[tuple[str, str], object] = {}
+        self._rows: dict[tuple[str, str], int] = {}
+        self._expected: dict[str, int] = {}
+        self.channels: dict[str, int] = {}
+
+    def open(self, split: str, n: int, channels: dict[str, int]) -> None:
+        (self.dir / split / POOLED).mkdir(parents=True, exist_ok=True)
+        for layer, c in channels.items():
+            f = open(self.dir / split / POOLED / layer_file(layer), "wb")
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                     "fortran_order": False, "shape": (n, int(c))})
+            self._files[(split, layer)] = f
+            self._rows[(split, layer)] = 0
+        self._expected[split] = n
+        self.channels.update({k: int(v) for k, v in channels.items()})
+
+    def write(self, split: str, maps: dict[str, torch.Tensor | np.ndarray]) -> None:
+        """Pool each (B, C, h, w) map and append its rows."""
+        for layer, x in maps.items():
+            v = global_pool(x)
+            if not all_finite(v):
+                raise UserError(f"layer {layer!r} produced NaN/Inf features ({self.dir.name}, {split}); "
+                                f"check the weights given by `init` and the input images.")
+            self._files[(split, layer)].write(memoryview(np.ascontiguousarray(v)).cast("B"))
+            self._rows[(split, layer)] += v.shape[0]
+
+    def close(self) -> dict[str, int]:
+        for (split, layer), f in self._files.items():
+            f.close()
+            if self._rows[(split, layer)] != self._expected[split]:
+                raise RuntimeError(f"{self.dir}/{split}/{POOLED}/{layer}: wrote {self._rows[(split, layer)]} of "
+                                   f"{self._expected[split]} rows")
+        self._files.clear()
+        return dict(self.channels)

@@ -33,6 +33,13 @@ def _layer_list(v) -> str | None:
 
 
 SIGMA = Param(4.0, float, low=0, help="Gaussian blur of the anomaly map (0: none)")
+# the image-level methods on pooled features (methods/pooled.py)
+POOLED_LAYERS = Param("auto", list, special=("auto",), check=_layer_list,
+                      help="auto: the backbone's last stage; or pooled layers, concatenated")
+KERNEL = Param("rbf", str, choices=("rbf", "linear"))
+GAMMA = Param("scale", float, low=0, low_open=True, special=("scale",),
+              help="RBF width; scale: 1 / (dim * variance of the standardized training vectors)")
+NU = Param(0.1, float, low=0, high=1, low_open=True, help="bound on the fraction of training outliers")
 
 METHODS: dict[str, MethodInfo] = {
     "padim": MethodInfo("anomaly_backbones.methods.padim:PaDiM", params={
@@ -67,6 +74,18 @@ METHODS: dict[str, MethodInfo] = {
         "clamp_alpha": Param(1.9, float, low=0, low_open=True),
         "batch_size": Param(32, int, low=1),
         "sigma": SIGMA,
+    }),
+    "ocsvm": MethodInfo("anomaly_backbones.methods.ocsvm:OCSVM", level="image", params={
+        "layers": POOLED_LAYERS, "kernel": KERNEL, "nu": NU, "gamma": GAMMA,
+    }),
+    "svdd": MethodInfo("anomaly_backbones.methods.svdd:SVDD", level="image", params={
+        "layers": POOLED_LAYERS, "kernel": KERNEL, "nu": NU,
+        "C": Param("auto", float, low=0, low_open=True, special=("auto",), help="auto: 1 / (nu n); else nu is unused"),
+        "gamma": GAMMA,
+    }),
+    "dn2": MethodInfo("anomaly_backbones.methods.dn2:DN2", level="image", params={
+        "layers": POOLED_LAYERS,
+        "k": Param(2, int, low=1, help="nearest training images"),
     }),
 }
 

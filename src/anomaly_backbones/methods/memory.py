@@ -158,3 +158,46 @@ class CFlowMemory:
             h * w for _, h, w in shapes.values())
         maps = n_test * image_size ** 2 * (4.0 * 6 + 1)
         return BASELINE_BYTES + 4.0 * params + grids + max(batch + forward, maps)
+
+
+LIBSVM_CACHE_MB = 200.0  # libsvm's kernel cache (scikit-learn's default cache_size), OC-SVM and SVDD
+
+
+def pooled_bytes(n: int, dim: int) -> float:
+    """n pooled vectors of dim channels as the one-class methods hold them: the float32 reads,
+    their float64 concatenation and a standardized copy."""
+    return 20.0 * n * dim
+
+
+class OCSVMMemory:
+    def fit_bytes(self, n: int, dim: int) -> float:
+        """Peak RSS of fit: the training vectors and libsvm's kernel cache (float32 kernel rows,
+        at most LIBSVM_CACHE_MB)."""
+        return BASELINE_BYTES + pooled_bytes(n, dim) + min(4.0 * n * n, LIBSVM_CACHE_MB * 2**20)
+
+    def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
+        """Peak RSS of predict: the test vectors and the support vectors (at most all training ones)."""
+        return BASELINE_BYTES + pooled_bytes(n_test, dim) + 8.0 * n_train * dim
+
+
+class SVDDMemory:
+    def fit_bytes(self, n: int, dim: int) -> float:
+        """Peak RSS of fit: the training vectors, the (n, n) float64 kernel matrix (turned into
+        the solver's matrix in place) with the distance matrix the RBF kernel is computed from,
+        and libsvm's kernel cache."""
+        return BASELINE_BYTES + pooled_bytes(n, dim) + 16.0 * n * n + min(4.0 * n * n, LIBSVM_CACHE_MB * 2**20)
+
+    def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
+        """Peak RSS of predict: the test and support vectors, the (n_test, support) kernel and
+        its distance matrix."""
+        return BASELINE_BYTES + pooled_bytes(n_test, dim) + 8.0 * n_train * dim + 16.0 * n_test * n_train
+
+
+class DN2Memory:
+    def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
+        """Peak RSS of predict: the bank, the test vectors, one block of squared distances and
+        its partitioned copy."""
+        from .dn2 import BLOCK_ELEMS
+
+        return (BASELINE_BYTES + 8.0 * n_train * dim + pooled_bytes(n_test, dim)
+                + 16.0 * min(BLOCK_ELEMS, n_test * n_train))
