@@ -77,7 +77,9 @@ def measure(p, bb, train, cat, head, runs, warmup):
     for k, v in res.items():
         padim_m[f"{k}_ms"] = round(v["median"], 2)
         padim_m[f"{k}_p90_ms"] = round(v["p90"], 2)
-    padim_m.update(onnx_mb=round(onnx_mb, 1), threads_all=threads_all)
+    head_mb = (padim.mean.numel() + padim.inv_cov.numel()) * 4 / 2**20   # PaDiM's own buffers in the export
+    padim_m.update(onnx_mb=round(onnx_mb, 1), onnx_trunk_mb=round(max(0.0, onnx_mb - head_mb), 1),
+                   threads_all=threads_all)
     write_json(OUT, {**head, "load_1m": round(load_1m, 2), "padim": padim_m})
     print(f"latency {bb.name} on {cat} (batch 1, ms median): " +
           ", ".join(f"{k} {v['median']:.1f}" for k, v in res.items()) + f"; ONNX {onnx_mb:.1f} MB")

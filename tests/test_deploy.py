@@ -153,7 +153,8 @@ def test_latency_stage_writes_the_declared_metrics_file(project):
     assert out["backbone"] == BACKBONE and out["category"] == CAT and out["image_size"] == SIZE
     assert out["load_1m"] >= 0
     keys = {f"{e}_{t}{q}_ms" for e in ("eager", "onnx") for t in ("1t", "all") for q in ("", "_p90")}
-    assert set(out["padim"]) == keys | {"onnx_mb", "threads_all"}
+    assert set(out["padim"]) == keys | {"onnx_mb", "onnx_trunk_mb", "threads_all"}
+    assert 0 < out["padim"]["onnx_trunk_mb"] < out["padim"]["onnx_mb"]
     assert all(out["padim"][k] > 0 for k in keys) and out["padim"]["threads_all"] >= 1
     assert out["padim"]["onnx_mb"] > project["padim"].inv_cov.numel() * 4 / 2**20
     assert not list(root.rglob("*.onnx*"))   # the export is measured, not left behind

@@ -108,7 +108,8 @@ def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[s
                "dataset": run.dataset, "category": lat.get("category", ""), "image_size": lat.get("image_size")}
         for key, _ in LATENCY_SETTINGS:
             row[f"{key}_ms"], row[f"{key}_p90_ms"] = num(pad.get(f"{key}_ms")), num(pad.get(f"{key}_p90_ms"))
-        row.update(onnx_mb=num(pad.get("onnx_mb")), threads_all=pad.get("threads_all"),
+        row.update(onnx_mb=num(pad.get("onnx_mb")), onnx_trunk_mb=num(pad.get("onnx_trunk_mb")),
+                   threads_all=pad.get("threads_all"),
                    load_1m=num(lat.get("load_1m")), under_load=under_load(lat.get("load_1m"), pad.get("threads_all")),
                    source=run.label, rev=run.rev, _run=run.run_cell)
         rows.append(row)
@@ -119,14 +120,15 @@ def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[s
         return lines + [f"_No run has `{LATENCY_FILE}` (the `latency` stage)._", ""]
     show_variant = any(x["variant"] for x in rows)
     header = ["backbone", "init"] + (["variant"] if show_variant else []) + \
-        [f"{label} ms" for _, label in LATENCY_SETTINGS] + ["ONNX MB", "all threads", "load", "run"]
+        [f"{label} ms" for _, label in LATENCY_SETTINGS] + ["ONNX MB (trunk)", "all threads", "load", "run"]
     table = []
     for x in rows:
         cells = [x["backbone"], f"{x['init']} {RANDOM_MARK}" if x["random_init"] else x["init"]]
         cells += [x["variant"]] if show_variant else []
         cells += [f"{f(x[f'{k}_ms'], 1)} ({f(x[f'{k}_p90_ms'], 1)})" if x[f"{k}_ms"] is not None else ""
                   for k, _ in LATENCY_SETTINGS]
-        cells += [f(x["onnx_mb"], 1), str(x["threads_all"] or ""),
+        trunk = f" ({f(x['onnx_trunk_mb'], 1)})" if x["onnx_trunk_mb"] is not None else ""
+        cells += [f(x["onnx_mb"], 1) + trunk, str(x["threads_all"] or ""),
                   f(x["load_1m"], 1) + (f" {LOAD_MARK}" if x["under_load"] else ""), x["_run"]]
         table.append(cells)
     align = ["l", "l"] + (["l"] if show_variant else []) + ["r"] * (len(LATENCY_SETTINGS) + 3) + ["l"]
@@ -137,6 +139,7 @@ def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[s
               "threads`); load = the machine's 1-minute load average when the run was timed; "
               f"{LOAD_MARK} = above {LOAD_FRACTION:g} x `all threads`: other work competed for the CPUs "
               "(all-threads figures suffer most). Rows from different machines are not comparable. ONNX MB = "
-              "model plus weights (mostly PaDiM's inverse covariances). Data: [latency.csv](latency.csv). "
+              "model plus weights (mostly PaDiM's inverse covariances); in brackets the backbone trunk's share. "
+              "Data: [latency.csv](latency.csv). "
               f"Runs without `{LATENCY_FILE}` are left out.", ""]
     return lines
