@@ -101,6 +101,35 @@ def all_finite(x: np.ndarray | torch.Tensor) -> bool:
     return bool(np.isfinite(float(x.min())) and np.isfinite(float(x.max())))
 
 
+class NpyStreams:
+    """.npy files written by appending rows (header first, then raw rows), one per key, with the
+    row count checked at close: an interrupted writer leaves files that `close` refuses."""
+
+    def __init__(self):
+        self._files: dict[tuple[str, ...], object] = {}
+        self._rows: dict[tuple[str, ...], int] = {}
+        self._expected: dict[tuple[str, ...], int] = {}
+
+    def open(self, key: tuple[str, ...], path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        f = open(path, "wb")
+        np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": tuple(map(int, shape))})
+        self._files[key], self._rows[key], self._expected[key] = f, 0, int(shape[0])
+
+    def append(self, key: tuple[str, ...], rows: np.ndarray) -> None:
+        """Write C-contiguous `rows` as they are: the array's own buffer, not a bytes copy (a copy of
+        each batch touches fresh memory every time, which costs more than the write itself)."""
+        self._files[key].write(memoryview(rows).cast("B"))
+        self._rows[key] += rows.shape[0]
+
+    def close(self, where: Path) -> None:
+        for key, f in self._files.items():
+            f.close()
+            if self._rows[key] != self._expected[key]:
+                raise RuntimeError(f"{where}/{'/'.join(key)}: wrote {self._rows[key]} of {self._expected[key]} rows")
+        self._files.clear()
+
+
 class FeatureWriter:
     """Streams batches of layer maps into one category's cache; meta.json is written last.
 
@@ -114,21 +143,13 @@ class FeatureWriter:
         self.meta = dict(meta)
         self.dtype = np.dtype(dtype)
         self.meta["dtype"] = self.dtype.name
-        self._files: dict[tuple[str, str], object] = {}
-        self._rows: dict[tuple[str, str], int] = {}
-        self._expected: dict[str, int] = {}
+        self._streams = NpyStreams()
         (self.dir / META).unlink(missing_ok=True)
 
     def open(self, split: str, n: int, shapes: dict[str, tuple[int, int, int]]) -> None:
         (self.dir / split).mkdir(parents=True, exist_ok=True)
         for layer, shp in shapes.items():
-            f = open(self.dir / split / layer_file(layer), "wb")
-            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                      "shape": (n, *map(int, shp))}
-            np.lib.format.write_array_header_2_0(f, header)
-            self._files[(split, layer)] = f
-            self._rows[(split, layer)] = 0
-        self._expected[split] = n
+            self._streams.open((split, layer), self.dir / split / layer_file(layer), self.dtype, (n, *shp))
         self.meta.setdefault("shapes", {}).update({k: list(map(int, v)) for k, v in shapes.items()})
         self.meta[f"n_{split}"] = n
 
@@ -144,18 +165,10 @@ class FeatureWriter:
                 raise UserError(f"layer {layer!r} has features beyond the range of {self.dtype.name} (largest "
                                 f"|value| {float(np.abs(x).max()):.3g}; {self.dir.name}, {split}); store the "
                                 f"cache as float32: `extract.dtype=float32`.")
-            # the array's own buffer, not a bytes copy: a copy of each batch touches fresh memory
-            # every time, which costs more than the write itself
-            self._files[(split, layer)].write(memoryview(stored).cast("B"))
-            self._rows[(split, layer)] += x.shape[0]
+            self._streams.append((split, layer), stored)
 
     def close(self) -> None:
-        for (split, layer), f in self._files.items():
-            f.close()
-            if self._rows[(split, layer)] != self._expected[split]:
-                raise RuntimeError(f"{self.dir}/{split}/{layer}: wrote {self._rows[(split, layer)]} of "
-                                   f"{self._expected[split]} rows")
-        self._files.clear()
+        self._streams.close(self.dir)
         (self.dir / META).write_text(json.dumps(self.meta, indent=1, sort_keys=True))
 
 
@@ -174,20 +187,13 @@ class PooledWriter:
 
     def __init__(self, category_dir: str | Path):
         self.dir = Path(category_dir)
-        self._files: dict[tuple[str, str], object] = {}
-        self._rows: dict[tuple[str, str], int] = {}
-        self._expected: dict[str, int] = {}
+        self._streams = NpyStreams()
         self.channels: dict[str, int] = {}
 
     def open(self, split: str, n: int, channels: dict[str, int]) -> None:
         (self.dir / split / POOLED).mkdir(parents=True, exist_ok=True)
         for layer, c in channels.items():
-            f = open(self.dir / split / POOLED / layer_file(layer), "wb")
-            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                     "fortran_order": False, "shape": (n, int(c))})
-            self._files[(split, layer)] = f
-            self._rows[(split, layer)] = 0
-        self._expected[split] = n
+            self._streams.open((split, POOLED, layer), self.dir / split / POOLED / layer_file(layer), np.float32, (n, c))
         self.channels.update({k: int(v) for k, v in channels.items()})
 
     def write(self, split: str, maps: dict[str, torch.Tensor | np.ndarray]) -> None:
@@ -197,14 +203,8 @@ class PooledWriter:
             if not all_finite(v):
                 raise UserError(f"layer {layer!r} produced NaN/Inf features ({self.dir.name}, {split}); "
                                 f"check the weights given by `init` and the input images.")
-            self._files[(split, layer)].write(memoryview(np.ascontiguousarray(v)).cast("B"))
-            self._rows[(split, layer)] += v.shape[0]
+            self._streams.append((split, POOLED, layer), np.ascontiguousarray(v))
 
     def close(self) -> dict[str, int]:
-        for (split, layer), f in self._files.items():
-            f.close()
-            if self._rows[(split, layer)] != self._expected[split]:
-                raise RuntimeError(f"{self.dir}/{split}/{POOLED}/{layer}: wrote {self._rows[(split, layer)]} of "
-                                   f"{self._expected[split]} rows")
-        self._files.clear()
+        self._streams.close(self.dir)
         return dict(self.channels)

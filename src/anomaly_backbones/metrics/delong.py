@@ -13,7 +13,7 @@ from statistics import NormalDist
 import numpy as np
 from scipy.stats import rankdata
 
-from .roc import check_finite
+from .roc import flat_inputs
 
 
 def delong_placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,11 +31,7 @@ def delong_placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
 def delong_variance(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
     """(auc, Var(auc)) by DeLong; (None, None) for one class only, variance None when a class has a
     single sample."""
-    y = np.asarray(labels, dtype=bool).ravel()
-    s = np.asarray(scores, dtype=np.float32).ravel()
-    if y.size != s.size:
-        raise ValueError(f"{y.size} labels but {s.size} scores")
-    check_finite(s, "ROC-AUC")
+    y, s = flat_inputs(labels, scores, "ROC-AUC")
     m = int(np.count_nonzero(y))
     n = y.size - m
     if m == 0 or n == 0:

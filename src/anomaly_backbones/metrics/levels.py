@@ -12,7 +12,7 @@ from .delong import delong_variance, interval
 from .precision import PrecisionSums, precision_sums
 from .pro import ProIntegral, sorted_weights
 from .ranks import VALUE_CHUNK, ranked_chunks, split_classes, threads
-from .roc import auc_from_counts, check_finite, roc_auc
+from .roc import auc_from_counts, check_finite, flat_inputs, roc_auc
 
 IMAGE_KEYS = ("image_auroc", "image_auroc_lo", "image_auroc_hi", "image_ap", "image_f1max")
 # per category, besides IMAGE_KEYS: the DeLong variance, from which the mean's interval is taken
@@ -23,11 +23,7 @@ PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro")
 def image_metrics(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) -> dict:
     """labels (N,) 0/1 or bool (1 = defective), scores (N,) float: ROC-AUC (exact, as roc_auc) with
     its DeLong `level` interval and variance, average precision, F1-max."""
-    y = np.asarray(labels, dtype=bool).ravel()
-    s = np.asarray(scores, dtype=np.float32).ravel()
-    if y.size != s.size:
-        raise ValueError(f"{y.size} labels but {s.size} scores")
-    check_finite(s, "the image metrics")
+    y, s = flat_inputs(labels, scores, "the image metrics")
     out = dict.fromkeys((*IMAGE_KEYS, IMAGE_VAR_KEY))
     sums = precision_sums(y, s, "the image metrics")
     if sums is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ranks import ranked_chunks, split_classes
-from .roc import check_finite
+from .roc import flat_inputs
 
 
 class PrecisionSums:
@@ -39,11 +39,7 @@ class PrecisionSums:
 
 def precision_sums(labels, scores, metric: str) -> PrecisionSums | None:
     """AP and F1-max of flat labels and scores in one pass; None for one class only."""
-    y = np.asarray(labels, dtype=bool).ravel()
-    s = np.asarray(scores, dtype=np.float32).ravel()
-    if y.size != s.size:
-        raise ValueError(f"{y.size} labels but {s.size} scores")
-    check_finite(s, metric)
+    y, s = flat_inputs(labels, scores, metric)
     pos, negs, _ = split_classes(y, s)
     if pos.size == 0 or negs.n == 0:
         return None

@@ -23,13 +23,19 @@ def check_finite(scores: np.ndarray, metric: str) -> None:
                         "(init/weights) and the method's params.")
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC-AUC (ties count 1/2) of float32 scores against binary labels."""
+def flat_inputs(labels, scores, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bool labels, float32 scores), both flat and of one length; scores checked finite."""
     y = np.asarray(labels, dtype=bool).ravel()
     s = np.asarray(scores, dtype=np.float32).ravel()
     if y.size != s.size:
         raise ValueError(f"{y.size} labels but {s.size} scores")
-    check_finite(s, "ROC-AUC")
+    check_finite(s, metric)
+    return y, s
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC-AUC (ties count 1/2) of float32 scores against binary labels."""
+    y, s = flat_inputs(labels, scores, "ROC-AUC")
     n_pos = int(np.count_nonzero(y))
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
