@@ -85,9 +85,9 @@ def main():
         tqdm.write(f"{method} {name}: image ROC-AUC {c['image_auroc']:.4f}, {c['epochs']} epochs, "
                    f"train {c['fit_s']:.1f} s")
         if c.get("collapsed"):
-            tqdm.write(f"warning: {method} {name}: hypersphere collapse: every training image maps within "
-                       f"1e-3 |c| of the centre c, so the scores carry no information (see "
-                       f"methods/training/deep_svdd.py; `{method}.biases: frozen` keeps biases fixed)")
+            tqdm.write(f"warning: {method} {name}: hypersphere collapse: the trained network maps every "
+                       f"training image to one point (within 1e-3 |c|), so its scores carry no information "
+                       f"(methods/training/deep_svdd.py; `{method}.biases: frozen` keeps biases fixed)")
     live.end()
     results["peak_mb"] = peak_rss_mb()
     write_json(OUT / method / "results.json", results)

@@ -18,10 +18,11 @@ statistics belong to its weights. So, by default (`biases: frozen`), every bias 
 normalization layer's parameters are frozen and BatchNorm uses its running statistics (eval
 mode, as in every training method here): no additive term can move toward c. That is not the
 paper's bias-free network: a frozen offset still exists (BatchNorm's beta - gamma * mean / std),
-so collapse is still possible through the weights, only not by learning the offset. Collapse is
-detected after training (`collapsed`: the training images' mean ||f - c||^2 in the last epoch at
-most COLLAPSE_RATIO * ||c||^2, i.e. every training image maps within 1e-3 ||c|| of c) and
-reported by the stage. `biases: trained` trains them too.
+so collapse is still possible through the weights, only not by learning the offset. Collapse (the
+network maps every training image to one point, wherever that point is) is detected after
+training: `collapsed` when the final network's training outputs spread around their mean by at
+most COLLAPSE_RATIO * ||c||^2 (mean squared distance; every image within 1e-3 ||c|| of one
+point); the stage reports it. `biases: trained` trains biases and normalization parameters too.
 """
 from __future__ import annotations
 
@@ -76,8 +77,6 @@ class DeepSVDD(ImageMethod):
     def setup(self, train: ImageSet) -> None:
         out = torch.from_numpy(self.features(train))
         self.c = init_center(out, self.params["eps"])
-        self.initial_dist = float(((out - self.c) ** 2).sum(1).mean())
-        self.last_dist = self.initial_dist
         self.R = torch.tensor(0.0)
         self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.lr,
                                           weight_decay=self.params["weight_decay"])
@@ -86,7 +85,6 @@ class DeepSVDD(ImageMethod):
         if epoch == self.params["lr_milestone"] and epoch > 0:
             for g in self.optimizer.param_groups:
                 g["lr"] = self.lr * 0.1
-        self._dist_sum, self._n = 0.0, 0
 
     def step(self, train: ImageSet, idx: np.ndarray) -> float:
         self.optimizer.zero_grad()
@@ -95,15 +93,12 @@ class DeepSVDD(ImageMethod):
         self.optimizer.step()
         if self.objective == "soft-boundary" and len(self.losses) >= self.params["warm_up_epochs"]:
             self.R.data = torch.tensor(get_radius(dist, self.nu))
-        self._dist_sum += float(dist.detach().sum())
-        self._n += len(idx)
         return float(loss.item())
 
-    def end_epoch(self, epoch: int, train: ImageSet, test: ImageSet | None) -> None:
-        self.last_dist = self._dist_sum / max(1, self._n)
-
     def finish(self, train: ImageSet) -> None:
-        self.collapsed = self.last_dist <= COLLAPSE_RATIO * float((self.c ** 2).sum())
+        out = torch.from_numpy(self.features(train)).double()
+        self.spread = float(((out - out.mean(0)) ** 2).sum(1).mean())
+        self.collapsed = self.spread <= COLLAPSE_RATIO * float((self.c.double() ** 2).sum())
 
     def scores(self, test: ImageSet) -> np.ndarray:
         out = torch.from_numpy(self.features(test))
