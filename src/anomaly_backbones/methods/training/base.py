@@ -169,9 +169,11 @@ class ImageMethod(Method):
             if not cache.check(self.inputs(data.images, np.arange(min(2, len(data))))):
                 return
             self.trunk.prefix = cache
+        t = time.perf_counter()
         with torch.no_grad():
             for s in range(0, len(data), self.batch_size):
                 self.trunk.prefix.add(key, self.inputs(data.images, np.arange(s, min(s + self.batch_size, len(data)))))
+        self.forward_s += time.perf_counter() - t
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, p in self.trunk.trainable()]

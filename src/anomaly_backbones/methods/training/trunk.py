@@ -29,6 +29,24 @@ class _Stop(Exception):
     """Raised from the hook on the deepest layer: the rest of the network never runs."""
 
 
+def run_until(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module`'s output when `model` runs on x; the forward pass stops there."""
+    captured = {}
+
+    def hook(_m, _i, out):
+        captured["x"] = out
+        raise _Stop
+
+    h = module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return captured["x"]
+
+
 def forward_order(model: nn.Module, image_size: int) -> tuple[list[str], dict[str, int]]:
     """Names of the model's modules in the order their forward passes end, and each one's output
     elements per image (one probe image of `image_size` px)."""
@@ -125,24 +143,10 @@ class Trunk(nn.Module):
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) output of the deepest layer."""
-        captured = {}
-
-        def hook(_m, _i, out):
-            captured["x"] = out
-            raise _Stop
-
-        h = self.module.register_forward_hook(hook)
-        try:
-            if self.prefix is not None and self.prefix.active:
-                with self.prefix.skipping():
-                    self.model(x)
-            else:
-                self.model(x)
-        except _Stop:
-            pass
-        finally:
-            h.remove()
-        return captured["x"]
+        if self.prefix is not None and self.prefix.active:
+            with self.prefix.skipping():
+                return run_until(self.model, self.module, x)
+        return run_until(self.model, self.module, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.maps(x).mean((2, 3))
@@ -196,21 +200,8 @@ class PrefixCache:
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """The boundary's output for input x (full forward pass up to the boundary)."""
-        captured = {}
-
-        def hook(_m, _i, out):
-            captured["x"] = out
-            raise _Stop
-
-        h = self.boundary_module.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                self.trunk.model(x)
-        except _Stop:
-            pass
-        finally:
-            h.remove()
-        return captured["x"]
+        with torch.no_grad():
+            return run_until(self.trunk.model, self.boundary_module, x)
 
     def add(self, key: str, x: torch.Tensor) -> None:
         """Append the prefix outputs of a batch to set `key`."""
