@@ -5,8 +5,10 @@
     m.fit(ImageSet(train_images))              # (N, S, S, 3) uint8 prepared images
     scores, None = m.predict(ImageSet(test_images))
 
-A subclass defines `setup(train)` (centres, optimizer), `step(images, idx) -> float` (one
-optimizer step on one batch, returns its loss) and `scores(test) -> (N,)`. The loop here owns
+A subclass defines `setup(train)` (centres, optimizer), `step(train, idx) -> float` (one
+optimizer step on the images train.images[idx], returns its loss) and `scores(test) -> (N,)`;
+`train_features()` gives the training features of the current weights (computed once per weight
+state), `test_features(test)` a test set's. The loop here owns
 what they share: seeding, the trunk and its frozen prefix, batches in a seeded random order
 (like a shuffled DataLoader without drop_last), the progress bar, the memory guard, per-epoch
 logging and, only when `test_curve` is set, the test ROC-AUC per epoch for a curve (reporting
@@ -67,6 +69,7 @@ class ImageMethod(Method):
         if self.backbone is None:
             raise RuntimeError(f"{self.name}: construct with backbone=load_backbone(...) before fit")
         self.preflight()
+        self.train_set, self._train_feats = train, None
         torch.manual_seed(self.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         frozen = resolve_frozen(self.params["frozen_through"], self.backbone.name, self.name)
@@ -86,6 +89,7 @@ class ImageMethod(Method):
                 total = 0.0
                 for idx in self.batches(len(train)):
                     total += self.step(train, idx) * len(idx)
+                    self._train_feats = None   # the weights changed
                     bar.update(1)
                 self.losses.append(total / len(train))
                 bar.set_postfix(epoch=epoch + 1, loss=f"{self.losses[-1]:.4g}")
@@ -124,7 +128,8 @@ class ImageMethod(Method):
         """After each epoch (e.g. a PANDA-SES snapshot)."""
 
     def finish(self, train: ImageSet) -> None:
-        """After training (e.g. the training features k-NN scoring reads)."""
+        """After training: the training features the k-NN scores read (Deep SVDD: its own)."""
+        self.train_features()
 
     def scores(self, test: ImageSet) -> np.ndarray:
         raise NotImplementedError
@@ -174,6 +179,26 @@ class ImageMethod(Method):
             for s in range(0, len(data), self.batch_size):
                 self.trunk.prefix.add(key, self.inputs(data.images, np.arange(s, min(s + self.batch_size, len(data)))))
         self.forward_s += time.perf_counter() - t
+
+    def embed_all(self, data: ImageSet, key: str | None = None) -> np.ndarray:
+        """The features the method scores with (Mean-Shifted: normalized)."""
+        return self.features(data, key)
+
+    def train_features(self) -> np.ndarray:
+        """embed_all of the training set with the current weights, computed once per weight state."""
+        if self._train_feats is None:
+            self._train_feats = self.embed_all(self.train_set, "train")
+        return self._train_feats
+
+    def test_features(self, test: ImageSet) -> np.ndarray:
+        """embed_all of a test set; with the prefix cache, its prefix is computed once per set."""
+        if self.trunk.prefix is None or "train" not in self.trunk.prefix.store:
+            return self.embed_all(test)
+        if getattr(self, "_cached_test", None) is not test:
+            self.trunk.prefix.store.pop("test", None)
+            self.cache_prefix(test, "test")
+            self._cached_test = test
+        return self.embed_all(test, "test")
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, p in self.trunk.trainable()]

@@ -97,7 +97,6 @@ class DOC(ImageMethod):
             {"params": biases, "lr": 2 * self.lr, "weight_decay": 0.0}], lr=self.lr, momentum=p["momentum"])
         self.reference_order: list[int] = []
         self.size = train.image_size
-        self.fresh = False
 
     def reference_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `batch_size` reference images (a new seeded permutation each pass) and labels."""
@@ -121,18 +120,7 @@ class DOC(ImageMethod):
         loss = self.loss(self.head(self.embed(train, idx, "train")), self.head(self.trunk(x_ref)), y_ref)
         loss.backward()
         self.optimizer.step()
-        self.fresh = False
         return float(loss.item())
 
-    def finish(self, train: ImageSet) -> None:
-        self._train = train
-        self.train_feats, self.fresh = self.features(train, "train"), True
-
     def scores(self, test: ImageSet) -> np.ndarray:
-        if not self.fresh:
-            self.train_feats, self.fresh = self.features(self._train, "train"), True
-        return knn_scores(self.train_feats, self.features(test), 1, squared=False)
-
-    def fit(self, train: ImageSet, test: ImageSet | None = None) -> None:
-        self._train = train
-        super().fit(train, test)
+        return knn_scores(self.train_features(), self.test_features(test), 1, squared=False)

@@ -65,8 +65,11 @@ class MeanShifted(ImageMethod):
     def embed_normalized(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.trunk(x), dim=-1)
 
+    def embed_all(self, data: ImageSet, key: str | None = None) -> np.ndarray:
+        return F.normalize(torch.from_numpy(self.features(data, key)), dim=-1).numpy()
+
     def setup(self, train: ImageSet) -> None:
-        feats = torch.from_numpy(self.normalized_features(train))
+        feats = torch.from_numpy(self.train_features())
         self.center = F.normalize(feats.mean(dim=0), dim=-1)
         self.optimizer = torch.optim.SGD(self.trainable_parameters(), lr=self.lr,
                                          weight_decay=self.params["weight_decay"])
@@ -89,21 +92,5 @@ class MeanShifted(ImageMethod):
         self.optimizer.step()
         return float(loss.item())
 
-    def normalized_features(self, data: ImageSet) -> np.ndarray:
-        return F.normalize(torch.from_numpy(self.features(data)), dim=-1).numpy()
-
-    def finish(self, train: ImageSet) -> None:
-        self.train_feats = self.normalized_features(train)
-
     def scores(self, test: ImageSet) -> np.ndarray:
-        train = getattr(self, "train_feats", None)
-        if train is None or self.curve_pending:
-            train = self.normalized_features(self._train)
-        return dn2_scores(train, self.normalized_features(test), self.params["k"])
-
-    curve_pending = False
-
-    def fit(self, train: ImageSet, test: ImageSet | None = None) -> None:
-        self._train, self.curve_pending, self.train_feats = train, True, None
-        super().fit(train, test)
-        self.curve_pending = False
+        return dn2_scores(self.train_features(), self.test_features(test), self.params["k"])

@@ -47,8 +47,7 @@ class PANDA(ImageMethod):
             check_fisher_file(self.params["fisher"])
 
     def setup(self, train: ImageSet) -> None:
-        self.train_feats = self.features(train, "train")
-        self.center = torch.from_numpy(self.train_feats).mean(dim=0)
+        self.center = torch.from_numpy(self.train_features()).mean(dim=0)
         p = self.params
         self.optimizer = torch.optim.SGD(self.trainable_parameters(), lr=self.lr, momentum=p["momentum"],
                                          weight_decay=p["weight_decay"])
@@ -57,7 +56,6 @@ class PANDA(ImageMethod):
             fisher = load_or_estimate_fisher(self, train)
             self.ewc = (fisher, {n: q.detach().clone() for n, q in self.trunk.trainable()})
         self.snapshots: list[dict[str, torch.Tensor]] = []
-        self.fresh = True   # train_feats are those of the current weights
 
     def loss(self, features: torch.Tensor) -> torch.Tensor:
         loss = compactness_loss(features, self.center)
@@ -72,32 +70,15 @@ class PANDA(ImageMethod):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.params["clip"])
         self.optimizer.step()
-        self.fresh = False
         return float(loss.item())
 
     def end_epoch(self, epoch: int, train: ImageSet, test: ImageSet | None) -> None:
         if self.variant == "ses" and ((epoch + 1) % self.params["ses_every"] == 0 or epoch + 1 == self.epochs):
             self.snapshots.append({n: q.detach().clone() for n, q in self.trunk.trainable()})
 
-    def finish(self, train: ImageSet) -> None:
-        self._train = train
-        if not self.fresh:
-            self.train_feats, self.fresh = self.features(train, "train"), True
-
-    def _test_features(self, test: ImageSet) -> np.ndarray:
-        if self.trunk.prefix is not None and self.params["prefix_cache"]:
-            if getattr(self, "_cached_test", None) is not test:
-                self.trunk.prefix.store.pop("test", None)
-                self.cache_prefix(test, "test")
-                self._cached_test = test
-            return self.features(test, "test")
-        return self.features(test)
-
     def scores(self, test: ImageSet) -> np.ndarray:
         if self.variant != "ses" or not self.snapshots:
-            if not self.fresh:   # a test curve during training: the current weights' features
-                self.train_feats, self.fresh = self.features(self._train_of_curve(), "train"), True
-            return dn2_scores(self.train_feats, self._test_features(test), self.k)
+            return dn2_scores(self.train_features(), self.test_features(test), self.k)
         params = dict(self.trunk.trainable())
         final = {n: q.detach().clone() for n, q in params.items()}
         best = None
@@ -106,7 +87,7 @@ class PANDA(ImageMethod):
                 with torch.no_grad():
                     for n, q in params.items():
                         q.copy_(snap[n])
-                s = dn2_scores(self.features(self._train, "train"), self._test_features(test), self.k)
+                s = dn2_scores(self.features(self.train_set, "train"), self.test_features(test), self.k)
                 s = s / s.mean()
                 best = s if best is None else np.maximum(best, s)
         finally:
@@ -114,10 +95,3 @@ class PANDA(ImageMethod):
                 for n, q in params.items():
                     q.copy_(final[n])
         return best
-
-    def _train_of_curve(self) -> ImageSet:
-        return self._train
-
-    def fit(self, train: ImageSet, test: ImageSet | None = None) -> None:
-        self._train = train
-        super().fit(train, test)
