@@ -206,3 +206,13 @@ def test_train_stage_stops_before_training_without_a_reference_set(project):
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "doc.reference" in r.stderr
     assert not (work / "outputs" / "doc").exists()
+
+
+def test_memory_guard_stops_before_training_naming_the_batch_size(monkeypatch):
+    import anomaly_backbones.resources as resources
+
+    monkeypatch.setattr(resources, "available_bytes", lambda: 2**30)
+    m = method("deep_svdd", epochs=1)
+    with pytest.raises(UserError, match=r"lower `deep_svdd.batch_size`") as e:
+        m.fit(ImageSet(images(4, 11)))
+    assert "batches of 4" in str(e.value) and m.losses == []
