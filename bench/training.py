@@ -90,7 +90,7 @@ def main():
             print(f"| {tag} {name} | {c['epochs']} | {c['image_auroc']:.4f} | "
                   f"{average_precision_score(labels, scores):.4f} | {f1_max(labels, scores):.4f} | "
                   f"{c['fit_s']:.0f} | {int(peak.group(1)) / 1024 if peak else res['peak_mb']:.0f} | "
-                  f"{res['load_1m']:.1f} |", flush=True)
+                  f"{res['load_1m'] or float('nan'):.1f} |", flush=True)
 
 
 if __name__ == "__main__":
