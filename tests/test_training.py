@@ -133,7 +133,9 @@ def test_panda_ewc_estimates_the_fisher_only_from_a_pretrained_classifier():
     assert set(fisher) == {n for n, _ in m.trunk.trainable()} and all(bool((f >= 0).all()) for f in fisher.values())
     assert any(float(f.sum()) > 0 for f in fisher.values())
     with pytest.raises(UserError, match="no pretrained classifier"):
-        method("panda", epochs=1, variant="ewc").fit(ImageSet(images(4, 9)))
+        m = method("panda", epochs=1, variant="ewc")
+        m.fit(ImageSet(images(4, 9)))
+    assert not hasattr(m, "trunk")   # stopped before building the network
 
 
 @pytest.mark.parametrize("name,params,needle", [

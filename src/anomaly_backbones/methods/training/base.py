@@ -206,12 +206,13 @@ class ImageMethod(Method):
     # -- memory ------------------------------------------------------------------------
     def train_bytes(self, n_train: int, image_size: int) -> float:
         """Peak RSS estimate of training: the model's weights with their gradients and optimizer
-        state (4 copies), per image of a batch the activations autograd keeps (every module
-        output up to the trunk's layer, twice: the tensor and its gradient) and the input, the
+        state (4 copies), per image of a batch the activations autograd keeps (every output of
+        the trainable modules up to the trunk's layer, twice: the tensor and its gradient), four
+        times the largest activation (the working set of the frozen prefix) and the input, the
         prefix cache of train and test sets, and the training features."""
         t = self.trunk
         weights = sum(p.numel() for p in t.model.parameters()) * 4.0
-        per_image = 4.0 * (2 * t.activation_elems + 6 * 3 * image_size ** 2)
+        per_image = 4.0 * (2 * t.activation_elems + 4 * t.largest_elems + 6 * 3 * image_size ** 2)
         cache = 0.0
         if self.uses_prefix_cache and t.frozen_through is not None and self.params.get("prefix_cache", False):
             cache = 4.0 * t.elems[t.frozen_through] * 2 * n_train   # train and (about as many) test images

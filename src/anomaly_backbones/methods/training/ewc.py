@@ -30,10 +30,18 @@ def ewc_penalty(named: list[tuple[str, torch.Tensor]], old: dict[str, torch.Tens
     return lam * total
 
 
-def check_fisher_file(value: str) -> None:
-    if value != "none" and not Path(value).is_file():
-        raise UserError(f"`panda.fisher` file {value!r} does not exist: give a torch file of {{parameter name: "
-                        f"diagonal Fisher}} or `none` to estimate it from the backbone's classifier")
+def check_fisher_source(value: str, backbone=None) -> None:
+    """Before any work: the Fisher file exists, or (`none`) the backbone, once loaded, has a
+    pretrained classifier to estimate it from."""
+    if value != "none":
+        if not Path(value).is_file():
+            raise UserError(f"`panda.fisher` file {value!r} does not exist: give a torch file of {{parameter name: "
+                            f"diagonal Fisher}} or `none` to estimate it from the backbone's classifier")
+    elif backbone is not None and (not backbone.init.startswith(("imagenet:", "file:"))
+                                   or _classifier(backbone.model) is None):
+        raise UserError(f"panda.variant=ewc needs a diagonal Fisher: backbone {backbone.name} (init "
+                        f"{backbone.init}) has no pretrained classifier to estimate it from; set `panda.fisher` "
+                        f"to a file or use a pretrained init")
 
 
 def _classifier(model: nn.Module) -> nn.Module | None:
@@ -64,11 +72,7 @@ def load_or_estimate_fisher(method, train) -> dict[str, torch.Tensor]:
                 raise UserError(f"`panda.fisher` file {path} has no tensor of shape {tuple(p.shape)} for parameter "
                                 f"{name!r}: compute it for this backbone's parameters")
         return {name: fisher[name].float() for name, _ in named}
-    bb = method.backbone
-    if not bb.init.startswith(("imagenet:", "file:")) or _classifier(bb.model) is None:
-        raise UserError(f"panda.variant=ewc needs a diagonal Fisher: backbone {bb.name} (init {bb.init}) has no "
-                        f"pretrained classifier to estimate it from; set `panda.fisher` to a file or use a "
-                        f"pretrained init")
+    check_fisher_source(path, method.backbone)
     return estimate_fisher(method, train, named)
 
 

@@ -42,9 +42,9 @@ class PANDA(ImageMethod):
 
     def preflight(self) -> None:
         if self.variant == "ewc":
-            from .ewc import check_fisher_file
+            from .ewc import check_fisher_source
 
-            check_fisher_file(self.params["fisher"])
+            check_fisher_source(self.params["fisher"], self.backbone)
 
     def setup(self, train: ImageSet) -> None:
         self.center = torch.from_numpy(self.train_features()).mean(dim=0)

@@ -120,8 +120,12 @@ class Trunk(nn.Module):
                         p.requires_grad_(False)
         self._order = order
         leaves = {n for n, m in modules.items() if n and next(m.children(), None) is None}
-        upto = order[:order.index(self.layer) + 1]
-        self.activation_elems = sum(self.elems[n] for n in upto if n in leaves)   # autograd keeps these
+        upto = [n for n in order[:order.index(self.layer) + 1] if n in leaves]
+        start = order.index(frozen_through) + 1 if frozen_through is not None else 0
+        # per image: what autograd keeps (the outputs of the trainable part's modules) and the
+        # largest output anywhere (the frozen prefix runs without keeping its activations)
+        self.activation_elems = sum(self.elems[n] for n in upto if order.index(n) >= start)
+        self.largest_elems = max(self.elems[n] for n in upto)
         self.prefix: PrefixCache | None = None
         self.train(False)
         with torch.no_grad():
