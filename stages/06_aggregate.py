@@ -44,6 +44,7 @@ def summarize(cats: dict) -> dict:
 
 def main():
     p = load_params()
+    methods = p["methods"] + p["train_methods"]   # fit@ and train@ stages write the same results.json
     feats = read_json("data/features/stats.json")
     metrics = {"run": {"backbone": feats["backbone"], "init": feats["init"], "layers": ",".join(feats["layers"]),
                        "dataset": p["data"]["dataset"], "seed": p["seed"], "feature_dtype": feats["dtype"],
@@ -51,7 +52,7 @@ def main():
                        # feature cache on disk, all categories: set by shapes and dtype, so deterministic
                        "cache_mb": round(sum(c["cache_mb"] for c in feats["categories"].values()), 1)}}
     loads = [x for x in [feats.get("load_1m")] + [read_json(Path("outputs") / m / "results.json").get("load_1m")
-                                                    for m in p["methods"]] if x is not None]
+                                                    for m in methods] if x is not None]
     # what the timings were measured on, and under how much other work (the report flags loaded rows)
     speed = {"host": {"cpus": feats.get("cpus", usable_cpus()), "cpu_model": cpu_model(), "device": "cpu",
                       "load_1m": round(max(loads), 2) if loads else None}}
@@ -60,7 +61,7 @@ def main():
     roc_dir.mkdir(parents=True, exist_ok=True)
     for f in roc_dir.glob("*.csv"):
         f.unlink()
-    for method in p["methods"]:
+    for method in methods:
         res = read_json(Path("outputs") / method / "results.json")
         cats = res["categories"]
         metrics[method] = summarize(cats)
@@ -84,7 +85,7 @@ def main():
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    for m in p["methods"]:
+    for m in methods:
         print(f"{m}: " + ", ".join(f"{k} {v}" for k, v in {**metrics[m], **speed[m]}.items()))
 
 

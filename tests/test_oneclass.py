@@ -15,7 +15,7 @@ import anomaly_backbones.resources as resources
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet, FeatureWriter, PooledWriter
 from anomaly_backbones.methods import get_method
-from anomaly_backbones.methods.dn2 import DN2, knn_sq_sum
+from anomaly_backbones.methods.dn2 import DN2
 from anomaly_backbones.methods.ocsvm import OCSVM
 from anomaly_backbones.methods.pooled import LIBSVM_TOL
 from anomaly_backbones.methods.svdd import SVDD, kernel, solve_dual
@@ -163,7 +163,6 @@ def test_dn2_matches_a_brute_force_loop(cache, k):
     # PANDA's knn_score (faiss IndexFlatL2: squared distances, summed) through scikit-learn's exact search
     dist, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(z)
     np.testing.assert_allclose(scores, (dist ** 2).sum(1), rtol=1e-9)
-    np.testing.assert_array_equal(knn_sq_sum(z, x, k, block_elems=len(x) * 7), knn_sq_sum(z, x, k))  # blocks
 
 
 def test_dn2_k_equal_to_the_training_set_and_duplicates(tmp_path):

@@ -86,7 +86,7 @@ def test_a_bad_value_is_one_line_naming_the_param(params, change, needle):
     ("spade", "kapa", "did you mean `kappa`?"),
     ("cflow", "epoch", "did you mean `epochs`?"),
     ("data", "categorys", "did you mean `categories`?"),
-    (None, "methds", "`methds` is not a param; did you mean `methods`?"),
+    (None, "methds", "`methds` is not a param; did you mean `methods`"),
     (None, "padimm", "did you mean `padim`"),
 ])
 def test_unknown_keys_in_every_group_say_did_you_mean(params, where, key, needle):

@@ -41,6 +41,18 @@ GAMMA = Param("scale", float, low=0, low_open=True, special=("scale",),
               help="RBF width; scale: 1 / (dim * variance of the standardized training vectors)")
 NU = Param(0.1, float, low=0, high=1, low_open=True, help="bound on the fraction of training outliers")
 
+
+def _trained(epochs, batch_size: int, lr: float, frozen: str, **extra: Param) -> dict[str, Param]:
+    """The params every method that trains the backbone has (defaults: its published recipe)."""
+    return {
+        "epochs": Param(epochs, int, low=0, special=("auto",) if epochs == "auto" else ()),
+        "batch_size": Param(batch_size, int, low=1, help="training images per step (memory grows with it)"),
+        "lr": Param(lr, float, low=0, low_open=True),
+        **extra,
+        "frozen_through": Param(frozen, str, help="auto (registry's 2nd layer) | none | a module name"),
+        "test_curve": Param(False, bool, help="test ROC-AUC per epoch for the curve (never picks the epoch)"),
+    }
+
 METHODS: dict[str, MethodInfo] = {
     "padim": MethodInfo("anomaly_backbones.methods.padim:PaDiM", params={
         "d": Param("auto", int, low=1, special=("auto", "all"), help="kept channels (R_d); auto: the registry's"),
@@ -87,6 +99,37 @@ METHODS: dict[str, MethodInfo] = {
         "layers": POOLED_LAYERS,
         "k": Param(2, int, low=1, help="nearest training images"),
     }),
+    "deep_svdd": MethodInfo("anomaly_backbones.methods.training.deep_svdd:DeepSVDD", "image", "images", _trained(
+        150, 200, 1e-4, "none",
+        lr_milestone=Param(50, int, low=0, help="lr x 0.1 from this epoch on (0: never)"),
+        weight_decay=Param(5e-7, float, low=0),
+        objective=Param("one-class", str, choices=("one-class", "soft-boundary")),
+        nu=Param(0.1, float, low=0, high=1, low_open=True),
+        warm_up_epochs=Param(10, int, low=0, help="soft-boundary: epochs before R is updated"),
+        eps=Param(0.1, float, low=0, help="centre coordinates nearer 0 are pushed to +-eps"),
+        biases=Param("frozen", str, choices=("frozen", "trained"), help="biases and normalization params"))),
+    "panda": MethodInfo("anomaly_backbones.methods.training.panda:PANDA", "image", "images", _trained(
+        15, 32, 1e-2, "auto",
+        variant=Param("early", str, choices=("early", "ses", "ewc")),
+        momentum=Param(0.9, float, low=0, high=1),
+        weight_decay=Param(5e-5, float, low=0),
+        clip=Param(1e-3, float, low=0, low_open=True, help="gradient norm clip"),
+        k=Param(2, int, low=1, help="DN2 nearest training features"),
+        ses_every=Param(5, int, low=1, help="ses: a snapshot every this many epochs"),
+        ewc_lambda=Param(1e4, float, low=0),
+        fisher=Param("none", str, help="ewc: a torch file {param name: diagonal Fisher}; none: estimate"),
+        prefix_cache=Param(True, bool, help="compute the frozen prefix once per image"))),
+    "msc": MethodInfo("anomaly_backbones.methods.training.msc:MeanShifted", "image", "images", _trained(
+        20, 64, 1e-5, "auto",
+        weight_decay=Param(5e-5, float, low=0),
+        k=Param(2, int, low=1, help="DN2 nearest training features"))),
+    "doc": MethodInfo("anomaly_backbones.methods.training.doc:DOC", "image", "images", _trained(
+        "auto", 32, 5e-5, "auto",
+        reference=Param("none", str, help="ImageFolder-layout folder of labelled reference images"),
+        momentum=Param(0.9, float, low=0, high=1),
+        weight_decay=Param(5e-4, float, low=0),
+        **{"lambda": Param(0.1, float, low=0, help="weight of the compactness loss")},
+        prefix_cache=Param(True, bool, help="compute the frozen prefix once per image"))),
 }
 
 

@@ -195,9 +195,10 @@ class SVDDMemory:
 
 class DN2Memory:
     def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
-        """Peak RSS of predict: the bank, the test vectors, one block of squared distances and
-        its partitioned copy."""
-        from .dn2 import BLOCK_ELEMS
+        """Peak RSS of predict: the bank, the test vectors, one chunk of float64 differences
+        (methods/knn.py) and its squared distances with their partitioned copy."""
+        from .knn import CHUNK_ELEMS
 
+        rows = max(1, CHUNK_ELEMS // max(1, n_train * dim))
         return (BASELINE_BYTES + 8.0 * n_train * dim + pooled_bytes(n_test, dim)
-                + 16.0 * min(BLOCK_ELEMS, n_test * n_train))
+                + 16.0 * min(n_test, rows) * n_train * (dim + 2))

@@ -67,9 +67,14 @@ def validate(p) -> dict:
         out[name] = check_group(name, schema, p.get(name))
     from ..methods import METHODS
 
-    for m in out["methods"]:
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r} in `methods`; known: {', '.join(METHODS)}")
+    for key, reads in (("methods", "features"), ("train_methods", "images")):
+        other = "train_methods" if key == "methods" else "methods"
+        for m in out[key]:
+            if m not in METHODS:
+                raise UserError(f"unknown method {m!r} in `{key}`; known: {', '.join(METHODS)}")
+            if METHODS[m].reads != reads:
+                raise UserError(f"{m} {'trains the backbone' if reads == 'features' else 'reads the feature cache'}: "
+                                f"list it in `{other}`, not `{key}`")
     d = out["data"]
     from ..data.datasets import category_names
 

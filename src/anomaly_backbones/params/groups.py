@@ -36,6 +36,7 @@ TOP = {
     "init": Param("imagenet", str, help="imagenet | random | a named variant | a checkpoint path"),
     "layers": Param("auto", list, special=("auto",), check=_unique, help="auto = the registry's default"),
     "methods": Param(["padim"], list, check=_unique, help="one fit@<method> stage each"),
+    "train_methods": Param([], list, check=_unique, empty=True, help="one train@<method> stage each"),
 }
 
 GROUPS = {

@@ -31,12 +31,13 @@ class Param:
     items: type | None = None
     check: Callable[[Any], str | None] | None = None
     help: str = ""
+    empty: bool = False          # a list param that may be empty
 
     def describe(self) -> str:
         if self.choices is not None:
             what = " | ".join(map(str, self.choices))
         elif self.kind is list:
-            what = f"a non-empty list of {_KIND_NAMES[self.items or str]}s"
+            what = f"a {'' if self.empty else 'non-empty '}list of {_KIND_NAMES[self.items or str]}s"
         else:
             what = _KIND_NAMES[self.kind]
             if self.low is not None and self.high is not None:
@@ -86,7 +87,7 @@ def check_value(name: str, spec: Param, v):
             raise bad()
     elif spec.kind is list:
         item = spec.items or str
-        if not isinstance(v, list) or not v or not all(_is_int(x) if item is int else isinstance(x, item) for x in v):
+        if not isinstance(v, list) or (not v and not spec.empty) or not all(_is_int(x) if item is int else isinstance(x, item) for x in v):
             raise bad()
         v = list(v)
     if spec.kind in (int, float):
