@@ -63,12 +63,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def check_memory(estimate: float, what: str, fix: str) -> None:
-    """Stop before a heavy step whose estimated peak RSS (bytes, baseline included) exceeds the
-    RAM available now, with one line giving the estimate and `fix` (the param that lowers it).
-    What the process holds already is also outside MemAvailable, so the check errs on the safe
-    side by about that much."""
-    avail = available_bytes()
+def check_memory(estimate: float, what: str, fix: str, device=None) -> None:
+    """Stop before a heavy step whose estimated peak (bytes) exceeds the memory available now,
+    with one line giving the estimate and `fix` (the param that lowers it). On the CPU (device
+    None or cpu) the estimate is peak RSS, baseline included, against MemAvailable; what the
+    process holds already is also outside MemAvailable, so the check errs on the safe side by
+    about that much. On a GPU it is the step's device memory against the GPU's free memory
+    (anomaly_backbones.device.free_bytes)."""
+    if device is not None and getattr(device, "type", "cpu") != "cpu":
+        from .device import free_bytes
+
+        avail, where = free_bytes(device), f"free on {device}"
+    else:
+        avail, where = available_bytes(), "available"
     if avail is not None and estimate > avail:
-        raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is available; "
+        raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is {where}; "
                         f"{fix}")

@@ -3,8 +3,9 @@
 A method is a class registered in `anomaly_backbones.methods.METHODS` with its params schema
 (the registry is data, so every stage validates every method's params without importing torch):
 
-    m = Method(params, layers, seed)     # params: its group of params.yaml, resolved (no `auto`);
-                                         # unknown keys / wrong types -> UserError, defaults filled
+    m = Method(params, layers, seed, device)  # params: its group of params.yaml, resolved (no `auto`);
+                                         # unknown keys / wrong types -> UserError, defaults filled;
+                                         # device: a torch.device or its name (default cpu)
     m.fit(train)                         # train: FeatureSet (`reads = "features"`)
     scores, maps = m.predict(test)       # (N,) image scores; (N, S, S) float32 maps, or None
 
@@ -22,6 +23,11 @@ Params: `resolve_params` (classmethod) turns the group's `auto` values into conc
 for the whole pipeline (anomaly_backbones.params.resolve); `cached_layers` says which cached
 layers the method reads, so the extract stage caches them. Memory: each method's peak-RSS
 estimates live in methods/memory.py; `guard` stops a step before it allocates too much.
+
+Device: `self.device` (anomaly_backbones.device). One code path: a method reads the cache on the
+host and moves what it computes on with `to_device(x, self.device)`, a no-op on the CPU (the same
+bits as before devices existed); its outputs (scores, grids) come back as host arrays. `guard`
+checks GPU free memory when the device is a GPU.
 
 A new method in ten lines (then add it to METHODS with its params and to params.yaml):
 
@@ -58,8 +64,9 @@ class Method:
     reads: ClassVar[str] = "features"        # "features" (the cache) | "images" (trains the backbone)
     PARAMS: ClassVar[dict[str, Param]] = {}  # set from the registry (methods/__init__.py)
 
-    def __init__(self, params: dict | None, layers: list[str], seed: int = 1024):
+    def __init__(self, params: dict | None, layers: list[str], seed: int = 1024, device="cpu"):
         self.params = check_group(self.name, self.PARAMS, params)
+        self.device = torch.device(device)
         if not layers:
             raise UserError(f"{self.name}: `layers` is empty; set the top-level `layers` param")
         self.layers = list(layers)
@@ -132,6 +139,7 @@ class Method:
 
     # -- memory ------------------------------------------------------------------------
     def guard(self, estimate: float, what: str, fix: str) -> None:
-        """Stop before a step whose estimated peak RSS exceeds the memory available (`fix`: the
-        param that lowers it)."""
-        check_memory(estimate, what, fix)
+        """Stop before a step whose estimated peak exceeds the memory available (`fix`: the param
+        that lowers it): RSS against MemAvailable on the CPU, device memory against the GPU's free
+        memory on a GPU (the same estimate: the method's working arrays live on its device)."""
+        check_memory(estimate, what, fix, self.device)

@@ -30,8 +30,15 @@ def _dataset(v) -> str | None:
     near = difflib.get_close_matches(str(v), DATASETS, n=1)
     return f"must be one of {', '.join(DATASETS)}{f' (did you mean {near[0]!r}?)' if near else ''}"
 
+def _device(v) -> str | None:
+    from ..device import check_device
+
+    return check_device(v)
+
+
 TOP = {
     "seed": Param(1024, int, low=0, high=2**32 - 1, help="fixes every random choice"),
+    "device": Param("auto", str, check=_device, help="auto (a GPU when torch sees one, else cpu) | cpu | cuda | cuda:N"),
     "backbone": Param("tf_efficientnet_lite0", str, help="`python -m anomaly_backbones backbones` lists them"),
     "init": Param("imagenet", str, help="imagenet | random | a named variant | a checkpoint path"),
     "layers": Param("auto", list, special=("auto",), check=_unique, help="auto = the registry's default"),
@@ -58,6 +65,8 @@ GROUPS = {
         "batch_size": Param(32, int, low=1, help="images per forward pass (memory grows with it)"),
         "dtype": Param("float32", str, choices=("float32", "float16")),
         "engine": Param("auto", str, choices=("auto", "onnx", "eager")),
+        "precision": Param("float32", str, choices=("float32", "bfloat16", "float16"),
+                           help="the forward pass's arithmetic (autocast); float16 needs a GPU"),
     },
     "latency": {
         "runs": Param(10, int, low=0, help="timed calls per setting; 0 skips the measurement"),
