@@ -144,7 +144,7 @@ def test_visa_quirks_bom_crlf_blank_lines_subset_and_a_mask_for_a_normal_image(t
     (cat,) = load_dataset("visa", root, ["pcb1"])
     assert cat.name == "pcb1" and len(cat.train) == 3 and len(cat.test) == 2 + 2
     err = capsys.readouterr().err
-    assert "1 masks belong to defect-free test images" in err and "pcb1/Data/Masks/Anomaly/000.png" in err
+    assert "1 mask belongs to defect-free test images" in err and "pcb1/Data/Masks/Anomaly/000.png" in err
 
 
 @pytest.mark.parametrize("fault,names", [

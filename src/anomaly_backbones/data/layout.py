@@ -62,7 +62,8 @@ class Scan:
             print(f"warning: skipped {len(self.skipped)} entries that are not image files (other file types, "
                   f"subfolders, broken links): {eg(self.skipped)}", file=sys.stderr)
         if self.good_masks:
-            print(f"warning: {len(self.good_masks)} masks belong to defect-free test images and are not used "
+            n = len(self.good_masks)
+            print(f"warning: {n} {'mask belongs' if n == 1 else 'masks belong'} to defect-free test images and are not used "
                   f"(those images count as defect-free, with an empty mask): {eg(self.good_masks)}", file=sys.stderr)
 
 
