@@ -124,7 +124,7 @@ def other_files(t):
     nested.mkdir()
     Image.fromarray(_texture(t.rng, 8, 8)).save(nested / "000.png")
     (t.root / c / "train" / "good" / "dead.png").symlink_to(t.root / "nowhere.png")
-    (t.root / c / "train" / "good" / f"name\udcff.dat").write_bytes(b"x")          # not UTF-8, not an image
+    (t.root / c / "train" / "good" / "name\udcff.dat").write_bytes(b"x")          # not UTF-8, not an image
     t.notes.add("skipped")
 
 

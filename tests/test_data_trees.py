@@ -50,7 +50,6 @@ def make_visa(root: Path, objects=visa.CATEGORIES, n_train=3, n_good=2, n_defect
     rows = [visa.COLUMNS]
     for i, obj in enumerate(objects):
         c = synth(root / ".work", i, n_train, n_good, n_defect, 64)
-        data = root / obj / "Data"
         for k, (split, src) in enumerate([("train", p) for p in _files(c / "train" / "good")] +
                                          [("test", p) for p in _files(c / "test" / "good")]):
             rel = f"{obj}/Data/Images/Normal/{k:04d}.JPG"

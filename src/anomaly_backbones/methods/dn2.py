@@ -9,10 +9,13 @@ layer4 in the paper), as they are (the paper does not standardize). Exact search
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import UserError
 from .knn import dn2_scores
 from .memory import DN2Memory
 from .pooled import PooledMethod
+
 
 class DN2(DN2Memory, PooledMethod):
     """k-nearest-neighbour distance on pooled features."""
