@@ -42,9 +42,8 @@ PREPARED, OUT = Path("data/prepared"), Path("data/features")
 def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWriter, split: str, desc: str,
                   pooled: PooledWriter, tail: Tail | None):
     """Forward all images of a split in batches (ext.stream); returns (forward seconds
-    (normalization and device copies included, I/O not; on a GPU the next batch computes while
-    this one is written, see FeatureExtractor.stream), seconds of the tail to the last stage and
-    the pooling)."""
+    (normalization and the copies to and from the device included, I/O not), seconds of the
+    tail to the last stage and the pooling)."""
     forward_s = pooled_s = 0.0
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for rows, feats, seconds in ext.stream(images, batch_size):
@@ -67,9 +66,9 @@ def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWrite
 def pooled_last_stage(bb, layers: list[str], size: int, engine: str,
                       precision: str = "float32") -> tuple[str | None, Tail | None]:
     """(the backbone's last stage, the network from the cached layers to it, run by the trunk's
-    engine on its device in its precision). The tail is None when the last stage is cached itself; both are None when the
-    forward pass cannot be cut there (then the pooled cache holds the cached layers only, said
-    in the log)."""
+    engine on its device in its precision). The tail is None when the last stage is cached
+    itself; both are None when the forward pass cannot be cut there (then the pooled cache holds
+    the cached layers only, said in the log)."""
     last = last_stage(bb.model, bb.entry["layers"] if bb.entry else layers)
     if last in layers:
         return last, None
