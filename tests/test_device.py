@@ -165,11 +165,19 @@ def test_engines_a_device_or_a_precision_rules_out_are_refused_with_the_fix():
     assert next(bb.model.parameters()).device.type == "cpu"
 
 
-def test_memory_estimates_on_the_cpu_are_the_host_rss_alone():
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_estimates_split_host_and_device(device):
+    """CPU: the host RSS estimate alone, as before devices; GPU: the activations move from the
+    host estimate to the device one, which holds the weights and grows with the batch."""
+    dev = resolve_device(device)
     bb = _lite0()
-    ext, _ = make_extractor(bb.model, LAYERS, bb.name, "eager", SIZE, bb.mean, bb.std)
-    assert ext.device_bytes(32, SIZE) is None
-    assert ext.estimate_bytes(32, SIZE) == extract_bytes(32, SIZE, ext.weight_bytes(), *ext.probe(SIZE), 4)
+    ext, _ = make_extractor(bb.model, LAYERS, bb.name, "eager", SIZE, bb.mean, bb.std, device=dev)
+    cpu = extract_bytes(32, SIZE, ext.weight_bytes(), *ext.probe(SIZE), 4)
+    if dev.type == "cpu":
+        assert ext.device_bytes(32, SIZE) is None and ext.estimate_bytes(32, SIZE) == cpu
+    else:
+        assert ext.weight_bytes() < ext.device_bytes(1, SIZE) < ext.device_bytes(32, SIZE)
+        assert ext.estimate_bytes(32, SIZE) < cpu
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -179,7 +179,7 @@ class FeatureExtractor:
             return {k: v.float() for k, v in feats.items()}, None   # float32: the same tensors
         host = {k: v.float().to("cpu", non_blocking=True) for k, v in feats.items()}
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(self.device))   # the stream the copies were queued on
         return host, done
 
     @staticmethod
