@@ -3,7 +3,7 @@
 Writes outputs/<method>/<category>.npz (image scores, float16 anomaly maps where the method has
 them) and outputs/<method>/results.json (per category: image ROC-AUC with its DeLong interval, AP,
 F1-max; pixel ROC-AUC, AP, F1-max, AUPRO; timings; the ROC curve; the stage's peak memory and the
-machine's load when it started).
+machine's load when it started; the device the method ran on, `device`, and its name).
 """
 import sys
 import time
@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from anomaly_backbones.data.prepare import load_prepared, read_samples
+from anomaly_backbones.device import device_name, resolve_device, use_device
 from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.files import read_json, replacing, write_json
 from anomaly_backbones.methods import get_method
@@ -24,13 +25,13 @@ from anomaly_backbones.runner import run
 PREPARED, FEATURES, OUT = Path("data/prepared"), Path("data/features"), Path("outputs")
 
 
-def fit_category(method: str, p: dict, name: str, label: str) -> dict:
+def fit_category(method: str, p: dict, name: str, label: str, dev="cpu") -> dict:
     """Fit and score one category; writes outputs/<method>/<name>.npz; returns its results entry:
     every image metric (and the ROC-AUC's DeLong variance), every pixel metric (None for a method
     without anomaly maps), timings and a compact ROC curve."""
     train, test = FeatureSet(FEATURES / name, "train"), FeatureSet(FEATURES / name, "test")
     r = resolve(p, shapes=train.meta["shapes"])
-    m = get_method(method)(r[method], r["layers"], p["seed"])
+    m = get_method(method)(r[method], r["layers"], p["seed"], device=dev)
     m.label = label
     masks = load_prepared(PREPARED / name, "test_masks", mmap=False) if m.level == "pixel" else None
     if masks is not None:   # the maps (float32) and masks, then the pixel metrics' sort
@@ -70,11 +71,14 @@ def main():
     method = sys.argv[1]
     p = load_params()
     get_method(method)   # an unknown method: one line before any work
+    dev = resolve_device(p["device"])   # cuda without a GPU: one line before any work
+    use_device(dev)
     (OUT / method).mkdir(parents=True, exist_ok=True)
-    results = {"method": method, "categories": {}, "load_1m": load_1m(), "cpus": usable_cpus()}
+    results = {"method": method, "categories": {}, "load_1m": load_1m(), "cpus": usable_cpus(),
+               "device": str(dev), "device_name": device_name(dev)}
     categories = [c["category"] for c in read_json(PREPARED / "categories.json")]
     for name in tqdm(categories, desc=f"fit@{method} {p['backbone']}", unit="category", dynamic_ncols=True):
-        r = results["categories"][name] = fit_category(method, p, name, f"{method} {p['backbone']} {name}")
+        r = results["categories"][name] = fit_category(method, p, name, f"{method} {p['backbone']} {name}", dev)
         tqdm.write(f"{method} {name}: image ROC-AUC {fmt(r['image_auroc'])}, pixel ROC-AUC {fmt(r['pixel_auroc'])}, "
                    f"AUPRO {fmt(r['pixel_aupro'])}, fit {r['fit_s']:.1f} s")
     results["peak_mb"] = peak_rss_mb()

@@ -5,7 +5,8 @@ starts from the backbone as `backbone`, `init` and `seed` give it (the loader ex
 Writes outputs/<method>/<category>.npz (image scores) and outputs/<method>/results.json in the
 shape fit@<method> writes (image-level: pixel metrics null), and the per-epoch training loss
 (and, with `<method>.test_curve`, the test ROC-AUC) through DVCLive into metrics/train/<method>,
-which `dvc plots show` draws.
+which `dvc plots show` draws. The backbone trains on `device` (anomaly_backbones.device);
+results.json records it and its name.
 """
 import sys
 import time
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from anomaly_backbones.backbones import load_backbone
 from anomaly_backbones.data.prepare import load_prepared, read_samples
+from anomaly_backbones.device import device_name, resolve_device, use_device
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.files import read_json, replacing, write_json
 from anomaly_backbones.methods import METHODS, get_method
@@ -28,14 +30,14 @@ from anomaly_backbones.runner import run
 PREPARED, OUT, CURVES = Path("data/prepared"), Path("outputs"), Path("metrics/train")
 
 
-def train_category(cls, p: dict, r: dict, name: str, live) -> dict:
+def train_category(cls, p: dict, r: dict, name: str, live, dev) -> dict:
     """Train and score one category; writes outputs/<method>/<name>.npz; returns its results entry."""
     method = cls.name
     labels = np.array([int(s["label"]) for s in read_samples(PREPARED / name) if s["split"] == "test"])
     train = ImageSet(load_prepared(PREPARED / name, "train_images"))
     test = ImageSet(load_prepared(PREPARED / name, "test_images"), labels)
     bb = load_backbone(p["backbone"], p["init"], p["seed"])   # every category starts from the same weights
-    m = cls(r[method], r["layers"], p["seed"], backbone=bb)
+    m = cls(r[method], r["layers"], p["seed"], backbone=bb, device=dev)
     m.label = f"{method} {bb.name} {name}"
 
     def log(epoch: int, values: dict) -> None:
@@ -72,16 +74,19 @@ def main():
     if METHODS[method].reads != "images":
         raise UserError(f"{method} reads the feature cache: it runs as fit@{method} (list it in `methods`)")
     r = resolve(p)
+    dev = resolve_device(p["device"])   # cuda without a GPU: one line before any work
     cls(r[method], r["layers"], p["seed"]).preflight()    # a missing file named by a param: stop now
+    use_device(dev)
     from dvclive import Live
 
     (OUT / method).mkdir(parents=True, exist_ok=True)
     live = Live(dir=str(CURVES / method), save_dvc_exp=False, dvcyaml=None, report=None)
     (Path(live.plots_dir) / "metrics").mkdir(parents=True, exist_ok=True)   # exists even with 0 epochs
-    results = {"method": method, "categories": {}, "load_1m": load_1m(), "cpus": usable_cpus()}
+    results = {"method": method, "categories": {}, "load_1m": load_1m(), "cpus": usable_cpus(),
+               "device": str(dev), "device_name": device_name(dev)}
     categories = [c["category"] for c in read_json(PREPARED / "categories.json")]
     for name in tqdm(categories, desc=f"train@{method} {p['backbone']}", unit="category", dynamic_ncols=True):
-        c = results["categories"][name] = train_category(cls, p, r, name, live)
+        c = results["categories"][name] = train_category(cls, p, r, name, live, dev)
         tqdm.write(f"{method} {name}: image ROC-AUC {c['image_auroc']:.4f}, {c['epochs']} epochs, "
                    f"train {c['fit_s']:.1f} s")
         if c.get("collapsed"):

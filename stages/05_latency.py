@@ -9,6 +9,9 @@ this process may use. Median and p90 over `latency.runs` calls after `latency.wa
 A backbone that cannot be traced or exported does not fail the experiment (a sweep keeps its
 ROC-AUC): the error goes into latency.json as `error` and is printed. `latency.runs=0` skips
 the measurement before torch is imported (a benchmark's cold run pays seconds, not the stage).
+
+Always on the CPU, whatever `device` says: this is the deployment cost of one image on the CPU
+(latency.json records "device": "cpu", so the report never puts it beside a GPU's throughput).
 """
 import os
 import tempfile
@@ -28,7 +31,7 @@ def main():
     runs, warmup = p["latency"]["runs"], p["latency"]["warmup"]
     cat = read_json(PREPARED / "categories.json")[0]["category"]
     if runs == 0:
-        write_json(OUT, {"backbone": p["backbone"], "init": p["init"], "category": cat,
+        write_json(OUT, {"backbone": p["backbone"], "init": p["init"], "category": cat, "device": "cpu",
                          "skipped": "latency.runs is 0"})
         return
     from anomaly_backbones.backbones import load_backbone
@@ -36,7 +39,7 @@ def main():
 
     train = FeatureSet(FEATURES / cat, "train")
     bb = load_backbone(p["backbone"], p["init"], p["seed"])
-    head = {"backbone": bb.name, "init": bb.init, "category": cat, "image_size": train.image_size}
+    head = {"backbone": bb.name, "init": bb.init, "category": cat, "image_size": train.image_size, "device": "cpu"}
     try:
         measure(p, bb, train, cat, head, runs, warmup)
     except UserError as e:   # untraceable / unexportable backbone: recorded, not fatal

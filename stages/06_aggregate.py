@@ -4,6 +4,12 @@ Quality and cost go to two files: metrics/metrics.json (run + every metric: a fu
 params alone, so the same params give it bit for bit; an image-level method's pixel metrics are
 null) and metrics/speed.json (ms/image, fit seconds,
 peak memory: they depend on the machine and its load). `dvc metrics show/diff` reads both.
+
+Device: metrics.json's run block says which kind of device computed the results ("cpu" or
+"cuda": GPU kernels are not the CPU's bits) and in which `extract.precision`; speed.json's host
+block names the device that timed the run ("cpu", "cuda:0") and its model (`device_name`), which
+the report uses to keep GPU timings off the CPU's axes. The model is in speed.json only: the same
+params on two CPUs give the same metrics.json, and the report counts them as one run.
 """
 import csv
 import math
@@ -49,13 +55,19 @@ def main():
     metrics = {"run": {"backbone": feats["backbone"], "init": feats["init"], "layers": ",".join(feats["layers"]),
                        "dataset": p["data"]["dataset"], "seed": p["seed"], "feature_dtype": feats["dtype"],
                        "engine": feats.get("engine", "eager"),   # what computed the features (extract.engine)
+                       "device": feats.get("device", "cpu").split(":")[0],   # cpu | cuda (older caches: cpu)
+                       "precision": feats.get("precision", "float32"),
                        # feature cache on disk, all categories: set by shapes and dtype, so deterministic
                        "cache_mb": round(sum(c["cache_mb"] for c in feats["categories"].values()), 1)}}
-    loads = [x for x in [feats.get("load_1m")] + [read_json(Path("outputs") / m / "results.json").get("load_1m")
-                                                    for m in methods] if x is not None]
+    stages = [feats] + [read_json(Path("outputs") / m / "results.json") for m in methods]
+    loads = [x for x in (s.get("load_1m") for s in stages) if x is not None]
+    # the extract and fit/train stages' device (results of older runs: the CPU); one name unless they differ
+    devices = list(dict.fromkeys(s.get("device", "cpu") for s in stages))
+    names = list(dict.fromkeys(s.get("device_name") or (cpu_model() if s.get("device", "cpu") == "cpu" else "?")
+                               for s in stages))
     # what the timings were measured on, and under how much other work (the report flags loaded rows)
-    speed = {"host": {"cpus": feats.get("cpus", usable_cpus()), "cpu_model": cpu_model(), "device": "cpu",
-                      "load_1m": round(max(loads), 2) if loads else None}}
+    speed = {"host": {"cpus": feats.get("cpus", usable_cpus()), "cpu_model": cpu_model(), "device": "+".join(devices),
+                      "device_name": " + ".join(names), "load_1m": round(max(loads), 2) if loads else None}}
     rows = []
     roc_dir = METRICS / "roc"
     roc_dir.mkdir(parents=True, exist_ok=True)

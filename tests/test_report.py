@@ -171,6 +171,35 @@ def test_pareto_keeps_devices_apart_and_carries_the_interval(repo):
     assert by[("HEAD", "ocsvm")]["level"] == "image" and by[("HEAD", "padim")]["image_auroc_lo"] == pytest.approx(0.92)
 
 
+def test_a_gpu_run_as_the_aggregate_writes_it_is_labelled_and_never_on_the_cpu_axis(repo, monkeypatch):
+    """A run on a GPU (speed.json's host names cuda:0 and the card; metrics.json's run says cuda,
+    bfloat16): its ms/image cell names the device, the CSVs carry the card, and it gets a Pareto
+    plot of its own, however fast it is."""
+    root, head, _ = repo
+    m = metrics(auroc=0.99)
+    m["run"] |= {"device": "cuda", "precision": "bfloat16"}
+    s = speed(0.8, load=0.1)
+    s["host"] |= {"device": "cuda:0", "device_name": "NVIDIA H200"}
+    gpu = entry("lite0-h200", "9" * 40, "experiment", params(device="cuda", extract={"precision": "bfloat16"}),
+                m, s, baseline=head)
+    g = _runs(repo, [gpu])
+    rows = long_rows(g.runs, registry_info(sorted({r.backbone for r in g.runs})))
+    prow = {(p["source"], p["method"]): p for p in pareto_rows(rows)}
+    assert prow[("lite0-h200", "padim")]["device"] == "cuda:0" and prow[("HEAD", "padim")]["device"] == "cpu"
+    assert prow[("lite0-h200", "padim")]["pareto_front"] and prow[("HEAD", "padim")]["pareto_front"]
+    lite = family_tables(rows, g.common)["efficientnet_lite"]
+    line = next(x for x in lite["md"].splitlines() if "lite0-h200" in x)
+    assert "0.8 (cuda:0)" in line and "device=cuda" in line
+    by = {r["source"]: r for r in lite["csv"]}
+    assert by["lite0-h200"]["device_name"] == "NVIDIA H200" and by["HEAD"]["device"] == "cpu"
+    monkeypatch.setattr("anomaly_backbones.report.build.gather", lambda *a, **k: g)
+    out = build_report(root, "reports", n_overlays=0)
+    assert (out / "pareto_synthetic.png").exists() and len(list(out.glob("pareto_synthetic_cuda*.png"))) == 1
+    with open(out / "pareto.csv") as f:
+        devices = {(r["source"], r["device"]) for r in csv.DictReader(f)}
+    assert ("lite0-h200", "cuda:0") in devices and ("HEAD", "cpu") in devices
+
+
 def test_pareto_front_on_hand_data():
     cost = [10, 20, 30, 40, 25, None, 20, 5, 30]
     qual = [0.70, 0.90, 0.95, 0.94, 0.85, 0.99, 0.90, 0.60, float("nan")]

@@ -11,6 +11,10 @@ network, from the cached layers' outputs of each batch to the last stage: the tr
 graph cut after the cached layers, in ONNX Runtime when the trunk runs there (exported and
 checked as the trunk is), else in eager PyTorch. The cached maps and their timing stay exactly
 those of the trunk alone; the tail's time is recorded apart.
+
+Device: the tail runs where the model's parameters are (the extractor moved them to `device`),
+in eager PyTorch under the trunk's `extract.precision`; it takes and returns CPU tensors (the
+cached maps, the pooled writer's input), so on a GPU it copies its input there and its output back.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from .device import autocast, to_device
 from .errors import UserError
 
 WORKING = 4       # activations alive at once in the tail, in units of its largest (as extractor.WORKING)
@@ -27,6 +32,11 @@ CHECK_TOL = 1e-5  # largest |tail - trunk| on the check images, relative to the 
 
 def _parent(name: str) -> str:
     return name.rpartition(".")[0]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def last_stage(model: nn.Module, layers: list[str]) -> str:
@@ -59,7 +69,7 @@ def last_stage(model: nn.Module, layers: list[str]) -> str:
     handles = [m.register_forward_hook(hook(n)) for n, m in watched.items()]
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+            model.eval()(to_device(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE), model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -79,13 +89,17 @@ class Tail:
 
     Checked on two random images against the whole trunk; a backbone that fx cannot trace, or
     whose last stage reads something besides the cached layers (a skip from the stem), is a
-    UserError (the caller leaves the last stage out of the pooled cache)."""
+    UserError (the caller leaves the last stage out of the pooled cache).
+
+    Runs on the model's device (model_device) under `precision` (the extractor's; the check
+    itself is in float32); the ONNX Runtime engine only on the CPU in float32, as the trunk."""
 
     def __init__(self, model: nn.Module, cache_layers: list[str], last: str, name: str, image_size: int,
-                 engine: str = "eager"):
+                 engine: str = "eager", precision: str = "float32"):
         from .backbones.ort_extractor import trunk
 
         self.last = last
+        self.device, self.precision = model_device(model), "float32"
         gm = trunk(model, [*cache_layers, last], name)
         outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         cut = {outputs[layer]: layer for layer in cache_layers}
@@ -112,19 +126,22 @@ class Tail:
         self.session = None
         self.largest, example = self._check(gm, image_size, name)
         self.engine = "eager"
-        if engine != "eager":
+        self.precision = precision
+        if engine != "eager" and self.device.type == "cpu" and precision == "float32":
             try:
                 self._export(example, name)
             except UserError as e:
                 print(f"note: the tail to the last stage of {name!r} runs in eager PyTorch: {e}")
 
     def __call__(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """{cached layer: (B, C, h, w)} -> the last stage's (B, C', h', w') float32 map."""
+        """{cached layer: (B, C, h, w) CPU tensor} -> the last stage's (B, C', h', w') float32 CPU map
+        (on the CPU in float32: no copy or cast anywhere, the module's own output)."""
         if self.session is not None:
             x = {f"in{i}": np.ascontiguousarray(feats[layer], np.float32) for i, layer in enumerate(self.inputs)}
             return torch.from_numpy(self.session.run(None, x)[0])
-        with torch.inference_mode():
-            return self.module(*[feats[layer].float() for layer in self.inputs])
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            out = self.module(*[to_device(feats[layer], self.device).float() for layer in self.inputs])
+        return out.float().cpu()
 
     def _export(self, example: list[torch.Tensor], name: str) -> None:
         """Run the tail in ONNX Runtime, as the extract stage runs the trunk (backbones.ort_extractor:
@@ -163,7 +180,7 @@ class Tail:
         seeded random images); returns the largest activation in the tail, in elements per image,
         and the tail's inputs for those images."""
         g = torch.Generator().manual_seed(0)
-        x = torch.rand(2, 3, image_size, image_size, generator=g) * 2 - 1
+        x = to_device(torch.rand(2, 3, image_size, image_size, generator=g) * 2 - 1, self.device)
         largest = [0]
 
         def hook(_module, _inputs, output):
@@ -178,7 +195,7 @@ class Tail:
             finally:
                 for h in handles:
                     h.remove()
-        ref = want[self.last]
+        ref = want[self.last].cpu()
         err = float((got - ref).abs().max()) / (float(ref.abs().max()) or 1.0)
         if got.shape != ref.shape or not err <= CHECK_TOL:
             raise UserError(f"the network from {self.inputs} to the last stage {self.last!r} of {name!r} disagrees "
@@ -186,6 +203,7 @@ class Tail:
         return max(largest[0], int(np.prod(ref.shape[1:]))), [want[layer] for layer in self.inputs]
 
     def estimate_bytes(self, batch_size: int) -> float:
-        """Peak bytes the tail adds to a batch: WORKING x its largest activation (float32; an
-        upper bound of ONNX Runtime's arena, ort_extractor.ORT_ARENA = 4 largest activations)."""
+        """Peak bytes the tail adds to a batch, on its device: WORKING x its largest activation
+        (float32; an upper bound of ONNX Runtime's arena, ort_extractor.ORT_ARENA = 4 largest
+        activations, and of the activations under autocast)."""
         return 4.0 * WORKING * batch_size * self.largest

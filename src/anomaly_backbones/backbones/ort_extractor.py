@@ -7,11 +7,14 @@ to float32 rounding (checked on every build, see OnnxExtractor.check), so the ch
 recorded but never changes what a method sees beyond ~1e-5.
 
 `extract.engine`: onnx | eager | auto (ONNX Runtime where the backbone traces and exports, else
-eager PyTorch, said in the log and recorded in the feature cache's stats).
+eager PyTorch, said in the log and recorded in the feature cache's stats). ONNX Runtime runs here
+on the CPU in float32 only: on a GPU (`device`) or with `extract.precision` other than float32,
+auto means eager PyTorch (FeatureExtractor on the device, under autocast) and `onnx` is a UserError.
 """
 from __future__ import annotations
 
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import PRECISIONS
 from ..errors import UserError
 from ..resources import usable_cpus
 from .extractor import FeatureExtractor, extract_bytes, normalize
@@ -80,6 +84,8 @@ class OnnxExtractor:
     exporter (an export is paid by every cold extract run), with a dynamic batch axis. The .onnx
     file lives only while the session is built."""
 
+    device, precision = torch.device("cpu"), "float32"   # ONNX Runtime's CPU provider, no autocast
+
     def __init__(self, eager: FeatureExtractor, name: str, image_size: int, threads: int | None = None):
         self.layers = list(eager.layers)
         self.eager = eager
@@ -121,6 +127,19 @@ class OnnxExtractor:
             self.session.run_with_iobinding(io)
         return {layer: torch.from_numpy(a) for layer, a in zip(self.layers, out)}
 
+    def stream(self, images: np.ndarray, batch_size: int):
+        """(rows, features, seconds) per batch, as FeatureExtractor.stream on the CPU (seconds: the
+        pixels call alone, reading `images` not counted)."""
+        for s in range(0, len(images), batch_size):
+            rows = slice(s, min(s + batch_size, len(images)))
+            batch = np.array(images[rows])
+            t = time.perf_counter()
+            feats = self.pixels(batch)
+            yield rows, feats, time.perf_counter() - t
+
+    def device_bytes(self, batch_size: int, image_size: int) -> None:
+        return None   # the CPU: estimate_bytes is the whole story
+
     def check(self, name: str, image_size: int) -> None:
         """An export that runs but computes something else must not fill the cache: on two seeded
         random images every layer must match eager PyTorch within CHECK_TOL of its largest value."""
@@ -144,13 +163,29 @@ class OnnxExtractor:
                 + ORT_ARENA * 4.0 * min(batch_size, ORT_BATCH) * largest)
 
 
-def make_extractor(model: nn.Module, layers: list[str], name: str, engine: str, image_size: int, mean, std):
-    """(extractor, engine used) for `extract.engine`; auto tries ONNX Runtime, then eager. Either
-    one's .pixels(uint8 (B, H, W, 3) images) normalizes with mean and std and returns the features."""
+def make_extractor(model: nn.Module, layers: list[str], name: str, engine: str, image_size: int, mean, std,
+                   device=torch.device("cpu"), precision: str = "float32"):
+    """(extractor, engine used) for `extract.engine`, `device` and `extract.precision`. Either
+    one's .pixels(uint8 (B, H, W, 3) images) normalizes with mean and std and returns
+    {layer: (B, C, h, w) float32 CPU tensor}; .stream(images, batch_size) walks an image array.
+
+    CPU and float32: auto tries ONNX Runtime, then eager. A GPU or a precision other than float32:
+    eager PyTorch on the device under autocast (ONNX Runtime runs on the CPU in float32 here), so
+    auto means eager and `onnx` is a UserError naming the fix. The model is moved to `device`."""
     if engine not in ENGINES:
         raise UserError(f"`extract.engine` is {engine!r}; choose one of {', '.join(ENGINES)}.")
-    eager = FeatureExtractor(model, layers, mean, std)   # validates the layer names first, for every engine
-    if engine == "eager":
+    if precision not in PRECISIONS:
+        raise UserError(f"`extract.precision` is {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    device = torch.device(device)
+    if engine == "onnx" and device.type != "cpu":
+        raise UserError(f"`extract.engine` = onnx runs ONNX Runtime on the CPU, but `device` is {device}; "
+                        f"set `extract.engine: auto` (eager PyTorch on the GPU) or `device: cpu`.")
+    if engine == "onnx" and precision != "float32":
+        raise UserError(f"`extract.engine` = onnx has no {precision} (ONNX Runtime has no autocast); set "
+                        f"`extract.engine: auto` (eager PyTorch) or `extract.precision: float32`.")
+    # validates the layer names (and the precision on the device) first, for every engine
+    eager = FeatureExtractor(model, layers, mean, std, device, precision)
+    if engine == "eager" or device.type != "cpu" or precision != "float32":
         return eager, "eager"
     try:
         return OnnxExtractor(eager, name, image_size), "onnx"

@@ -64,7 +64,8 @@ def long_rows(runs: list[Run], reg: dict[str, dict]) -> list[dict]:
                 "level": "image" if is_image_level(mv) else "pixel",
                 **{k: num(mv.get(k)) for k in METRIC_KEYS + COST_KEYS},
                 "trunk_params": trunk, "full_params": full,
-                "device": r.device, "cpus": r.host.get("cpus"), "cpu_model": r.host.get("cpu_model"),
+                "device": r.device, "device_name": r.host.get("device_name"), "cpus": r.host.get("cpus"),
+                "cpu_model": r.host.get("cpu_model"),
                 "load_1m": num(r.host.get("load_1m")), "under_load": r.under_load,
                 "source": r.label, "role": r.role, "rev": r.rev, "baseline": r.baseline or "",
                 "timestamp": r.timestamp or "", "_order": info["order"], "_figures": mv, "_run": r.run_cell,
@@ -104,8 +105,8 @@ def _section(fam: str, ds: str, drows: list[dict], shared: list[str]) -> tuple[l
             mr = by_m.get(m, {})
             row.update({f"{m}_{k}": mr.get(k) for k in METRIC_KEYS + ("ms_per_image", "fit_s")})
         row["peak_mb"] = max((v["peak_mb"] for v in by_m.values() if v.get("peak_mb") is not None), default=None)
-        row.update({k: a[k] for k in ("device", "cpus", "cpu_model", "load_1m", "under_load", "source", "role",
-                                      "rev")})
+        row.update({k: a[k] for k in ("device", "device_name", "cpus", "cpu_model", "load_1m", "under_load",
+                                      "source", "role", "rev")})
         csv_rows.append(row)
     show_variant = any(a["variant"] for a in csv_rows)
     lead = lambda a: [a["backbone"], f"{a['init']} {RANDOM_MARK}" if a["random_init"] else a["init"]] + \
