@@ -6,10 +6,11 @@ null) and metrics/speed.json (ms/image, fit seconds,
 peak memory: they depend on the machine and its load). `dvc metrics show/diff` reads both.
 
 Device: metrics.json's run block says which kind of device computed the results ("cpu" or
-"cuda": GPU kernels are not the CPU's bits) and in which `extract.precision`; speed.json's host
-block names the device that timed the run ("cpu", "cuda:0") and its model (`device_name`), which
-the report uses to keep GPU timings off the CPU's axes. The model is in speed.json only: the same
-params on two CPUs give the same metrics.json, and the report counts them as one run.
+"cuda": GPU kernels are not the CPU's bits) and in which `extract.precision`, with the GPU's name
+(`device_name`) for a GPU run; speed.json's host block names the device that timed the run
+("cpu", "cuda:0") and its model (`device_name`), which the report uses to keep GPU timings off
+the CPU's axes. A CPU's model is in speed.json only (`cpu_model`): metrics.json of a CPU run stays
+a function of the params, so a fresh clone's `make repro` can reproduce the committed file.
 """
 import csv
 import math
@@ -57,6 +58,7 @@ def main():
                        "engine": feats.get("engine", "eager"),   # what computed the features (extract.engine)
                        "device": feats.get("device", "cpu").split(":")[0],   # cpu | cuda (older caches: cpu)
                        "precision": feats.get("precision", "float32"),
+                       **({"device_name": feats.get("device_name", "?")} if feats.get("device", "cpu") != "cpu" else {}),
                        # feature cache on disk, all categories: set by shapes and dtype, so deterministic
                        "cache_mb": round(sum(c["cache_mb"] for c in feats["categories"].values()), 1)}}
     stages = [feats] + [read_json(Path("outputs") / m / "results.json") for m in methods]
