@@ -10,6 +10,8 @@ layer4 in the paper), as they are (the paper does not standardize). Exact search
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import UserError
 from .knn import dn2_scores
 from .memory import DN2Memory
