@@ -177,7 +177,7 @@ def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precis
             new = torch.tensor([int(torch.argmax(dist))], device=x.device)
         else:
             new = idx[torch.tensor(picks, device=x.device)]
-        sel.extend(int(v) for v in new)
+        sel.extend(new.tolist())   # one device->host copy, not one per index
         if progress is not None:
             progress(len(new))
         _update(dist, x, xx, x[new], block_elems, low)
