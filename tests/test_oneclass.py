@@ -22,7 +22,7 @@ from anomaly_backbones.methods.svdd import SVDD, kernel, solve_dual
 from anomaly_backbones.metrics import roc_auc
 from anomaly_backbones.params import load_params, set_params, validate
 
-from conftest import ROOT
+from conftest import CUDA, ROOT
 
 LAST = "stage4"
 
@@ -152,9 +152,9 @@ def brute_force(queries, bank, k):
 
 
 @pytest.mark.parametrize("k", [1, 2, 7])
-def test_dn2_matches_a_brute_force_loop(cache, k):
+def test_dn2_matches_a_brute_force_loop(cache, k, device):
     train, test, _ = cache
-    m = DN2({"k": k}, ["x"])
+    m = DN2({"k": k}, ["x"], device=device)
     m.fit(train)
     scores, maps = m.predict(test)
     x, z = train.pooled(LAST).astype(np.float64), test.pooled(LAST).astype(np.float64)
@@ -163,6 +163,19 @@ def test_dn2_matches_a_brute_force_loop(cache, k):
     # PANDA's knn_score (faiss IndexFlatL2: squared distances, summed) through scikit-learn's exact search
     dist, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(z)
     np.testing.assert_allclose(scores, (dist ** 2).sum(1), rtol=1e-9)
+
+
+@pytest.mark.parametrize("device", CUDA, indirect=True)
+def test_dn2_on_the_device_agrees_with_the_cpu(cache, device):
+    """float64 on both; the GPU sums in another order, so close (1e-12), not bit for bit."""
+    train, test, labels = cache
+    out = []
+    for dev in ("cpu", device):
+        m = DN2({"k": 2}, ["x"], device=dev)
+        m.fit(train)
+        out.append(m.predict(test)[0])
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-12)
+    assert out[1].dtype == np.float64 and roc_auc(labels, out[1]) == roc_auc(labels, out[0])
 
 
 def test_dn2_k_equal_to_the_training_set_and_duplicates(tmp_path):

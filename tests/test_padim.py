@@ -6,7 +6,7 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.methods.padim import PaDiM
 
-from conftest import make_cache
+from conftest import CUDA, assert_device_agrees, labelled_cache, make_cache
 
 
 def _cache(tmp_path, n=12, m=5, seed=0, big=4, small=2):
@@ -42,21 +42,21 @@ def _brute_force(cache, layers, idx):
 @pytest.mark.parametrize("big,small", [(4, 2), (5, 3), (9, 4)])   # nearest upsampling by 2, and by 5/3, 9/4 (gathers)
 @pytest.mark.parametrize("d", [11, 7])
 @pytest.mark.parametrize("chunk_rows", [1, 2, 3, 100])   # grid rows per chunk: the coarse layer's rows read in parts
-def test_padim_matches_brute_force_definition(tmp_path, d, big, small, chunk_rows):
+def test_padim_matches_brute_force_definition(tmp_path, d, big, small, chunk_rows, device):
     cache = _cache(tmp_path, big=big, small=small)
-    m = PaDiM({"d": d, "chunk_mb": chunk_rows * 12 * d * big * 4 / 2**20}, ["a", "b"], seed=1024)
+    m = PaDiM({"d": d, "chunk_mb": chunk_rows * 12 * d * big * 4 / 2**20}, ["a", "b"], seed=1024, device=device)
     m.fit(FeatureSet(cache, "train"))
     got = m.grid_scores(FeatureSet(cache, "test"))[1]
     idx = np.concatenate([m.channels["a"], m.channels["b"] + 6])
-    assert len(idx) == d
+    assert len(idx) == d and m.inv_cov.device == m.mean.device == torch.device(device)
     np.testing.assert_allclose(got, _brute_force(cache, ["a", "b"], idx), rtol=2e-4, atol=1e-4)
 
 
-def test_padim_finds_the_anomaly_and_is_deterministic(tmp_path):
+def test_padim_finds_the_anomaly_and_is_deterministic(tmp_path, device):
     cache = _cache(tmp_path)
     runs = []
     for _ in range(2):
-        m = PaDiM({"d": 8}, ["a", "b"], seed=1024)
+        m = PaDiM({"d": 8}, ["a", "b"], seed=1024, device=device)
         m.fit(FeatureSet(cache, "train"))
         scores, maps = m.predict(FeatureSet(cache, "test"))
         runs.append((scores, maps))
@@ -69,6 +69,13 @@ def test_padim_finds_the_anomaly_and_is_deterministic(tmp_path):
     assert not all(np.array_equal(other.channels[k], m.channels[k]) for k in ("a", "b"))
 
 
+@pytest.mark.parametrize("device", CUDA, indirect=True)
+def test_padim_on_the_device_agrees_with_the_cpu(tmp_path, device):
+    train, test, labels = labelled_cache(tmp_path)
+    assert_device_agrees(lambda dev: PaDiM({"d": 9, "chunk_mb": 1e-3}, ["a", "b"], seed=3, device=dev),
+                         train, test, labels, device)
+
+
 def test_padim_rejects_d_above_feature_dim(tmp_path):
     cache = _cache(tmp_path)
     with pytest.raises(UserError, match="padim.d"):
@@ -77,25 +84,25 @@ def test_padim_rejects_d_above_feature_dim(tmp_path):
 
 @pytest.mark.parametrize("split", ["train", "test"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_padim_nonfinite_features_are_an_error(tmp_path, split, bad):
+def test_padim_nonfinite_features_are_an_error(tmp_path, split, bad, device):
     rng = np.random.default_rng(0)
     tr = rng.normal(size=(4, 3, 2, 2)).astype(np.float32)
     te = rng.normal(size=(2, 3, 2, 2)).astype(np.float32)
     cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
     np.lib.format.open_memmap(cache / split / "a.npy", mode="r+")[1, 2, 1, 0] = bad
-    m = PaDiM({"d": 3}, ["a"], seed=0)
+    m = PaDiM({"d": 3}, ["a"], seed=0, device=device)
     with pytest.raises(UserError, match=f"features of .*{cache.name}.* NaN or Inf"):
         m.fit(FeatureSet(cache, "train"))
         m.predict(FeatureSet(cache, "test"))
 
 
-def test_constant_features_and_fewer_images_than_d_are_regularized(tmp_path):
+def test_constant_features_and_fewer_images_than_d_are_regularized(tmp_path, device):
     """Zero variance and n < d leave only the 0.01*I term: finite distances, no crash."""
     tr = np.ones((3, 10, 2, 2), np.float32)
     te = np.ones((2, 10, 2, 2), np.float32)
     te[1] += 1.0
     cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
-    m = PaDiM({"d": 10}, ["a"], seed=0)
+    m = PaDiM({"d": 10}, ["a"], seed=0, device=device)
     m.fit(FeatureSet(cache, "train"))
     dist = m.grid_scores(FeatureSet(cache, "test"))[1]
     np.testing.assert_allclose(dist[0], 0.0, atol=1e-3)
@@ -107,3 +114,18 @@ def test_wide_resnet_d550_estimate_fits_8_gib():
     m = PaDiM({"d": 550}, ["layer1", "layer2", "layer3"], seed=0)
     m.grid, m.d = (56, 56), 550
     assert 3.5 * 2**30 < m.fit_bytes(1000) < 8 * 2**30
+
+
+def test_gpu_estimates_are_the_device_arrays():
+    """On a GPU the guard reads device memory: the estimate is the arrays that live there (the
+    inverses, a chunk and its covariances), without the process baseline or the host's maps."""
+    from anomaly_backbones.resources import BASELINE_BYTES
+
+    est = {}
+    for dev in ("cpu", "cuda"):   # constructing on cuda allocates nothing
+        m = PaDiM({"d": 100, "chunk_mb": 64}, ["a"], seed=0, device=dev)
+        m.grid, m.d = (56, 56), 100
+        est[dev] = (m.fit_bytes(200), m.predict_bytes(100, 224))
+    inv_cov = 4.0 * 56 * 56 * 100 * 100
+    assert inv_cov < est["cuda"][0] < est["cpu"][0] - BASELINE_BYTES
+    assert 4.0 * 56 * 56 * 100 * 101 < est["cuda"][1] < est["cpu"][1] - BASELINE_BYTES

@@ -13,7 +13,7 @@ from anomaly_backbones.methods.coreset import (coreset_size, covering_radius, gr
                                                sparse_random_projection)
 from anomaly_backbones.methods.patchcore import PatchCore, nearest, reweighted_score
 
-from conftest import make_cache
+from conftest import CUDA, assert_device_agrees, make_cache
 
 
 def brute_greedy(x: np.ndarray, m: int, start: int) -> np.ndarray:
@@ -38,11 +38,11 @@ def blobs(n: int, d: int, seed: int, centers: int = 12) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n,d,m", [(600, 8, 60), (1500, 3, 300), (400, 16, 400)])
-def test_exact_coreset_matches_brute_force(n, d, m):
+def test_exact_coreset_matches_brute_force(n, d, m, device):
     x = blobs(n, d, seed=n)
     ref = brute_greedy(x, m, start=5)
-    xt = torch.from_numpy(x)  # float64 in, float64 arithmetic: no rounding ties
-    assert greedy_reference(xt, m, 5).tolist() == ref.tolist()
+    xt = torch.from_numpy(x).to(device)  # float64 in, float64 arithmetic: no rounding ties
+    assert greedy_reference(xt.cpu(), m, 5).tolist() == ref.tolist()
     for pool in (1, 7, 64, 4096):
         assert greedy_batched(xt, m, 5, pool=pool, precision="float32").tolist() == ref.tolist()
 
@@ -93,12 +93,12 @@ def test_coreset_size_and_projection():
     assert abs(ratio.mean().item() - 1.0) < 0.1
 
 
-def test_reweighting_by_hand():
-    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0]])
-    patches = torch.tensor([[0.1, 0.0], [3.0, 0.0]])
+def test_reweighting_by_hand(device):
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0]], device=device)
+    patches = torch.tensor([[0.1, 0.0], [3.0, 0.0]], device=device)
     d2, nn_idx = nearest(patches, bank)
     dist = d2.sqrt()
-    np.testing.assert_allclose(dist.numpy(), [0.1, 2.0], rtol=1e-5)
+    np.testing.assert_allclose(dist.cpu().numpy(), [0.1, 2.0], rtol=1e-5)
     assert nn_idx.tolist() == [0, 1]
     # s* = 2 at (3, 0); m* = (1, 0); its 3 nearest bank vectors: itself, (0, 0), (0, 2)
     # distances from the test patch to them: 2, 3, sqrt(13)
@@ -112,12 +112,14 @@ def test_reweighting_by_hand():
     assert float(got) == pytest.approx(w4 * 2.0, rel=1e-5)
 
 
-def test_nearest_is_chunked_exactly():
+def test_nearest_is_chunked_exactly(device):
     g = torch.Generator().manual_seed(0)
     q, b = torch.randn(300, 6, generator=g), torch.randn(500, 6, generator=g)
     ref = torch.cdist(q.double(), b.double()).pow(2)
     for block in (2048, 70000, 1 << 24):
-        d2, idx = nearest(q, b, block_elems=block)
+        d2, idx = nearest(q.to(device), b.to(device), block_elems=block)
+        assert d2.device == idx.device == q.to(device).device
+        d2, idx = d2.cpu(), idx.cpu()
         np.testing.assert_allclose(d2.numpy(), ref.min(1).values.numpy(), rtol=1e-4, atol=1e-4)
         assert idx.tolist() == ref.argmin(1).tolist()
 
@@ -193,3 +195,20 @@ def test_dim_pooling_and_determinism(tmp_path):
     c = PatchCore(params, list(SHAPES), seed=7)
     c.fit(train)
     assert not torch.equal(a.coreset_idx, c.coreset_idx)
+
+
+@pytest.mark.parametrize("device", CUDA, indirect=True)
+def test_patchcore_on_the_device_agrees_with_the_cpu(tmp_path, device):
+    """The whole bank (coreset_ratio 1): the same distances whatever order the coreset took;
+    then the default ratio, fast coreset: a GPU's GEMMs may pick other, equally far centers, so
+    only the ROC-AUC and the start patch (drawn on the CPU from the seed) must agree."""
+    (train, test), labels, _ = synthetic(tmp_path)
+    assert_device_agrees(lambda dev: PatchCore({"coreset_ratio": 1.0, "projection_dim": 16}, list(SHAPES), device=dev),
+                         train, test, labels, device)
+    out = []
+    for dev in ("cpu", device):
+        m = PatchCore({"coreset_ratio": 0.1, "projection_dim": 16}, list(SHAPES), device=dev)
+        m.fit(train)
+        assert m.bank.device == torch.device(dev) and m.coreset_idx.device.type == "cpu"
+        out.append((m.coreset_idx[0].item(), roc_auc_score(labels, m.predict(test)[0])))
+    assert out[0][0] == out[1][0] and abs(out[0][1] - out[1][1]) <= 1e-3

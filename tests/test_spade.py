@@ -12,7 +12,7 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.methods import spade
 from anomaly_backbones.methods.spade import SPADE
 
-from conftest import make_cache
+from conftest import CUDA, assert_device_agrees, labelled_cache, make_cache
 
 
 def hand_cache(tmp_path):
@@ -24,9 +24,9 @@ def hand_cache(tmp_path):
     return make_cache(tmp_path, {"a": a_train, "b": b_train}, {"a": a_test, "b": b_test}, image_size=32)
 
 
-def test_hand_example_kappa1(tmp_path):
+def test_hand_example_kappa1(tmp_path, device):
     train, test = hand_cache(tmp_path)
-    m = SPADE({"k": 2, "kappa": 1}, ["a", "b"], seed=1024)
+    m = SPADE({"k": 2, "kappa": 1}, ["a", "b"], seed=1024, device=device)
     m.fit(train)
     scores, grid = m.grid_scores(test)
     # pooled b: test 2 vs train 0, 3, 10 -> squared 4, 1, 64; K=2 nearest: 1 and 4
@@ -79,7 +79,7 @@ def brute_force(train, test, layers, k, kappa):
 
 
 @pytest.mark.parametrize("kappa", [1, 3])
-def test_chunked_matches_brute_force(tmp_path, kappa):
+def test_chunked_matches_brute_force(tmp_path, kappa, device):
     rng = np.random.default_rng(0)
     layers = ["l1", "l2", "l3"]
     shape = {"l1": (4, 8, 8), "l2": (6, 4, 4), "l3": (8, 2, 2)}
@@ -89,7 +89,7 @@ def test_chunked_matches_brute_force(tmp_path, kappa):
     ref_scores, ref_grid = brute_force(train, test, layers, k=5, kappa=kappa)
     grids = []
     for chunk_mb, group in ((1e-6, 1), (0.015, 2), (1000.0, 5)):  # gallery images built at once
-        m = SPADE({"k": 5, "kappa": kappa, "chunk_mb": chunk_mb, "batch_size": 3}, layers)
+        m = SPADE({"k": 5, "kappa": kappa, "chunk_mb": chunk_mb, "batch_size": 3}, layers, device=device)
         m.fit(fs_train)
         assert min(m._group({n: fs_train.shape(n) for n in layers}, 4), 5) == group
         scores, grid = m.grid_scores(fs_test)
@@ -101,17 +101,18 @@ def test_chunked_matches_brute_force(tmp_path, kappa):
 
 
 @pytest.mark.parametrize("kappa", [1, 4, 50])
-def test_knn_over_blocks_matches_brute_force(kappa):
+def test_knn_over_blocks_matches_brute_force(kappa, device):
     """Running top-kappa over uneven blocks; kappa beyond the gallery takes all of it."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(300, 12, generator=g)
     blocks = [torch.randn(n, 12, generator=g) for n in (7, 1, 33, 20)]
-    whole = spade.knn_mean_distance(q, [torch.cat(blocks)], kappa)
-    split = spade.knn_mean_distance(q, blocks, kappa)
+    whole = spade.knn_mean_distance(q.to(device), [torch.cat(blocks).to(device)], kappa)
+    split = spade.knn_mean_distance(q.to(device), [b.to(device) for b in blocks], kappa)
+    assert whole.device == split.device == q.to(device).device
     gallery = torch.cat(blocks).double()
     ref = torch.cdist(q.double(), gallery).sort(1).values[:, :kappa].mean(1)
-    np.testing.assert_allclose(whole.numpy(), ref.numpy(), rtol=1e-4)
-    np.testing.assert_allclose(split.numpy(), ref.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(whole.cpu().numpy(), ref.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(split.cpu().numpy(), ref.numpy(), rtol=1e-4)
 
 
 def test_anomalous_patch_scores_highest(tmp_path):
@@ -137,6 +138,13 @@ def test_anomalous_patch_scores_highest(tmp_path):
     # the image score sees only the pooled deepest layer; the shift still moves the mean
     assert roc_auc_score(labels, scores) >= 0.9
     assert roc_auc_score(labels, maps.reshape(10, -1).max(1)) == 1.0
+
+
+@pytest.mark.parametrize("device", CUDA, indirect=True)
+def test_spade_on_the_device_agrees_with_the_cpu(tmp_path, device):
+    train, test, labels = labelled_cache(tmp_path)
+    assert_device_agrees(lambda dev: SPADE({"k": 4, "kappa": 3, "batch_size": 5}, ["a", "b"], device=dev),
+                         train, test, labels, device)
 
 
 def test_bad_params():

@@ -18,7 +18,7 @@ from anomaly_backbones.methods import METHODS, get_method
 from anomaly_backbones.methods.training.base import ImageSet
 from anomaly_backbones.methods.knn import dn2_scores, knn_scores
 from anomaly_backbones.params import set_params, validate
-from conftest import ROOT
+from conftest import CUDA, ROOT
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 TRAINING = [n for n, info in METHODS.items() if info.reads == "images"]
@@ -28,10 +28,10 @@ def images(n: int, seed: int, size: int = 64) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def method(name: str, init: str = "random", **params):
+def method(name: str, init: str = "random", device="cpu", **params):
     torch.set_num_threads(1)
     return get_method(name)({"batch_size": 4, **params}, LAYERS, 1024,
-                            backbone=load_backbone("tf_efficientnet_lite0", init, 1024))
+                            backbone=load_backbone("tf_efficientnet_lite0", init, 1024), device=device)
 
 
 def brute_force_knn(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
@@ -56,6 +56,40 @@ def test_knn_scores_equal_a_brute_force_search_bit_for_bit(monkeypatch):
     monkeypatch.setattr(knn, "CHUNK_ELEMS", 50)   # many chunks: chunking never changes a bit
     assert np.array_equal(dn2_scores(train, test, 2), brute_force_knn(train, test, 2))
     assert np.allclose(knn_scores(train, test, 1, squared=False), np.sqrt(brute_force_knn(train, test, 1)))
+
+
+@pytest.mark.parametrize("device", CUDA, indirect=True)
+def test_knn_scores_on_the_device_agree_with_the_host(monkeypatch, device):
+    rng = np.random.default_rng(1)
+    train, test = rng.normal(size=(37, 9)).astype(np.float32), rng.normal(size=(23, 9)).astype(np.float32)
+    import anomaly_backbones.methods.knn as knn
+
+    monkeypatch.setattr(knn, "CHUNK_ELEMS", 50)
+    for k, squared in ((2, True), (1, False), (5, True)):
+        got = knn_scores(train, test, k, squared=squared, device=device)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64
+        np.testing.assert_allclose(got, knn_scores(train, test, k, squared=squared), rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", CUDA, indirect=True)
+@pytest.mark.parametrize("name,params", [("panda", {}), ("deep_svdd", {"biases": "trained"}), ("msc", {})])
+def test_training_on_the_device_agrees_with_the_cpu(name, params, device):
+    """The same seeded batches, augmentations and initial weights on both devices; the GPU's
+    convolutions round differently, so the losses and scores agree closely, not bit for bit."""
+    from anomaly_backbones.metrics import roc_auc
+
+    train, test = images(8, 3), images(6, 4)
+    labels = np.r_[np.zeros(3), np.ones(3)].astype(int)
+    out = []
+    for dev in ("cpu", device):
+        m = method(name, epochs=1, device=dev, **params)
+        m.fit(ImageSet(train))
+        assert next(m.trunk.model.parameters()).device == torch.device(dev)
+        out.append((m.predict(ImageSet(test))[0], m.losses))
+    (s_cpu, l_cpu), (s_dev, l_dev) = out
+    np.testing.assert_allclose(l_dev, l_cpu, rtol=1e-3)
+    np.testing.assert_allclose(s_dev, s_cpu, rtol=1e-3, atol=1e-6)
+    assert abs(roc_auc(labels, s_dev) - roc_auc(labels, s_cpu)) <= 1e-3
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False])

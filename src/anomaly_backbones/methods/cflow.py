@@ -29,6 +29,12 @@ other methods' align_corners=False), summed over layers; the map is
 max(sum) - sum. Image score = max of that map (anomalib's rule); the returned map is then
 blurred with sigma 4 like every other method's (param `sigma`; the score is taken before
 the blur).
+
+Device: the flows are initialised on the CPU from the seed (so both devices start from the same
+weights) and moved to `self.device`; training batches, their conditions and the Adam steps run
+there; the random choices (image order, fibres) come from a CPU generator as before, their
+indices moved. Likelihoods, the score maps and the blur stay on the device; scores and maps
+come back as host arrays. On the CPU every move is a no-op (the same bits as before devices).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import to_device
 from ..errors import UserError
 from .base import Method
 from .common import blur, check_finite
@@ -149,7 +156,7 @@ class CFlow(CFlowMemory, Method):
         self.losses: list[float] = []  # mean training loss per epoch (all layers)
 
     def _cond(self, h: int, w: int) -> torch.Tensor:
-        return _fibers(positional_encoding_2d(self.condition_vector, h, w)[None])  # (H*W, P)
+        return to_device(_fibers(positional_encoding_2d(self.condition_vector, h, w)[None]), self.device)  # (H*W, P)
 
     def _check(self, estimate: float, fs, what: str, fix: str) -> None:
         self.guard(estimate, f"CFLOW {what} on {fs.dir} ({len(fs)} images, layers {fs.shapes(self.layers)})", fix)
@@ -168,6 +175,7 @@ class CFlow(CFlowMemory, Method):
             self.flows = {name: ConditionalFlow(train.shape(name)[0], self.condition_vector,
                                                 self.coupling_blocks, self.clamp, gen)
                           for name in self.layers}
+        self.flows = {name: f.to(self.device) for name, f in self.flows.items()}
         params = [q for f in self.flows.values() for q in f.parameters()]
         opt = torch.optim.Adam(params, lr=self.lr)
         conds = {name: self._cond(*train.shape(name)[1:]) for name in self.layers}
@@ -184,12 +192,12 @@ class CFlow(CFlowMemory, Method):
                 bar.update(min(self.batch_size, n - b0))
                 idx = np.sort(order[b0:b0 + self.batch_size].numpy())
                 for name in self.layers:
-                    x = torch.from_numpy(np.asarray(train.array(name)[idx], dtype=np.float32))
+                    x = to_device(np.asarray(train.array(name)[idx], dtype=np.float32), self.device)
                     check_finite(x, "cflow training features")
                     e = _fibers(x)
-                    pos = torch.arange(e.shape[0]) % conds[name].shape[0]
+                    pos = torch.arange(e.shape[0], device=self.device) % conds[name].shape[0]
                     take = max(1, int(round(frac[name] * e.shape[0])))
-                    pick = torch.randperm(e.shape[0], generator=gen)[:take]
+                    pick = to_device(torch.randperm(e.shape[0], generator=gen)[:take], self.device)
                     nb = max(1, take // self.fiber_batch_size)  # the remainder joins the last step
                     for i in range(nb):
                         sel = pick[i * self.fiber_batch_size:(i + 1) * self.fiber_batch_size if i < nb - 1 else take]
@@ -212,12 +220,12 @@ class CFlow(CFlowMemory, Method):
 
         Written into arrays made once: small results kept per batch between large temporaries
         fragment glibc's heap (see SPADE.grid_scores)."""
-        out = {name: torch.empty(len(fs), *fs.shape(name)[1:]) for name in self.layers}
+        out = {name: torch.empty(len(fs), *fs.shape(name)[1:], device=self.device) for name in self.layers}
         bar = self.progress(len(fs), "log-likelihoods", "img")
         for sl, feats in fs.batches(self.layers, self.batch_size):
             bar.update(sl.stop - sl.start)
             for name in self.layers:
-                x = feats[name]
+                x = to_device(feats[name], self.device)
                 check_finite(x, "cflow test features")
                 b, _, h, w = x.shape
                 cond = self._cond(h, w).repeat(b, 1)
@@ -249,8 +257,9 @@ class CFlow(CFlowMemory, Method):
         del lp, prob, up
         top = total.max()
         score_map = total.neg_().add_(top)  # max - total, in place: (N, S, S) arrays are the large ones here
-        return score_map.flatten(1).max(1).values.double().numpy(), score_map
+        return score_map.flatten(1).max(1).values.double().cpu().numpy(), score_map
 
     def to_maps(self, grid: torch.Tensor, size: int) -> np.ndarray:
-        """The score maps are at the image size already: only the blur."""
-        return blur(grid, self.sigma).numpy()
+        """The score maps are at the image size already: only the blur (on their device), then
+        to the host."""
+        return blur(grid, self.sigma).cpu().numpy()

@@ -28,7 +28,7 @@ def blur(maps: torch.Tensor, sigma: float, chunk: int = 64) -> torch.Tensor:
     hundreds of 224x224 maps at once takes GBs of workspace; each map's result is the same."""
     if sigma <= 0:
         return maps
-    k = gaussian_kernel1d(sigma).to(maps.dtype)
+    k = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
     r = (k.numel() - 1) // 2
     mode = "reflect" if r < min(maps.shape[-2:]) else "replicate"
     out = torch.empty_like(maps)
@@ -61,15 +61,17 @@ def upsample_blur(grid: torch.Tensor, size: int, sigma: float = 4.0) -> torch.Te
     """(N, h, w) float32 patch scores -> (N, size, size): bilinear upsampling, then blur, as two
     matmuls. Pure torch ops, so the deployable scorer (deploy.py) traces and exports exactly this."""
     mh, mw = resize_blur_matrix(grid.shape[-2], size, sigma), resize_blur_matrix(grid.shape[-1], size, sigma)
+    mh, mw = mh.to(grid.device), mw.to(grid.device)   # no-ops on the CPU
     return torch.matmul(torch.matmul(mh, grid), mw.T)
 
 
 def anomaly_maps(grid: torch.Tensor | np.ndarray, size: int, sigma: float = 4.0, chunk: int = 64) -> np.ndarray:
-    """(N, h, w) patch scores -> (N, size, size) float32 maps, in chunks of images."""
-    g = torch.as_tensor(np.asarray(grid), dtype=torch.float32)
+    """(N, h, w) patch scores -> (N, size, size) float32 maps on the host, in chunks of images.
+    A grid on a GPU is upsampled there, each chunk's maps copied to the host."""
+    g = grid.float() if isinstance(grid, torch.Tensor) else torch.as_tensor(np.asarray(grid), dtype=torch.float32)
     out = np.empty((g.shape[0], size, size), np.float32)
     for s in range(0, g.shape[0], chunk):
-        out[s:s + chunk] = upsample_blur(g[s:s + chunk], size, sigma).numpy()
+        out[s:s + chunk] = upsample_blur(g[s:s + chunk], size, sigma).cpu().numpy()
     return out
 
 
@@ -94,10 +96,23 @@ class Scratch:
     Why: the first touch of fresh memory costs several times the copy into it (page faults),
     and glibc maps every allocation above 32 MB afresh; a chunked loop that allocates its chunk
     each time pays that on every chunk. A buffer grows to the largest shape asked for and is
-    freed with the Scratch."""
+    freed with the Scratch. `tensor(name, shape, device)` is the same on any device: a view of
+    the host buffer on the CPU, a buffer in device memory on a GPU."""
 
     def __init__(self):
         self._bufs: dict[str, np.ndarray] = {}
+        self._dev: dict[str, torch.Tensor] = {}
+
+    def tensor(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A contiguous (shape) float32 tensor on `device`, contents undefined: on the CPU
+        torch.from_numpy(get(name, shape)), on a GPU a device buffer reused the same way."""
+        if device.type == "cpu":
+            return torch.from_numpy(self.get(name, shape))
+        size = int(np.prod(shape))
+        buf = self._dev.get(name)
+        if buf is None or buf.numel() < size:
+            self._dev[name] = buf = torch.empty(size, dtype=torch.float32, device=device)
+        return buf[:size].view(shape)
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A C-contiguous (shape) float32 view of buffer `name`; its contents are undefined."""
@@ -116,7 +131,11 @@ def across_cores(fn, batch: torch.Tensor, out: torch.Tensor) -> None:
     For batched small-matrix LAPACK (thousands of d x d Cholesky factors): MKL parallelizes inside
     each tiny matrix, not across the batch, so its own threads do not help (and collapse when
     another process is busy on the cores), while one slice per core on its own thread does
-    (docs/performance.md, "PaDiM's inverses")."""
+    (docs/performance.md, "PaDiM's inverses"). On a GPU the batch is one call: the device's
+    batched kernels parallelize across it."""
+    if batch.device.type != "cpu":
+        out.copy_(fn(batch))
+        return
     workers = min(usable_cpus(), batch.shape[0])
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -23,6 +23,9 @@ spread over the data, so most of a pool is picked per round (tens of rounds in a
   covering radius and ROC-AUC against exact's: docs/performance.md, "PatchCore".
 Ties go to the lowest index; chosen points are marked -1 so exact duplicates (distance 0)
 are still taken, in index order, before anything is chosen twice.
+
+Device: every function runs where x is (its buffers are made on x.device); the selected
+indices come back as a CPU tensor. bfloat16 GEMMs are native on recent GPUs too.
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 def _row_norms(x: torch.Tensor, rows: int = 65536) -> torch.Tensor:
     """(x * x).sum(1), the same values, by row blocks: no temporary the size of x."""
-    out = torch.empty(x.shape[0], dtype=x.dtype)
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], rows):
         torch.sum(x[s:s + rows] * x[s:s + rows], 1, out=out[s:s + rows])
     return out
@@ -110,9 +113,9 @@ def _update(dist: torch.Tensor, x: torch.Tensor, xx: torch.Tensor, centers: torc
     else:
         src, ct = x, c.t().contiguous()
     # preallocated outputs: a fresh multi-MB tensor per block costs page faults (sys time)
-    buf = torch.empty(rows, c.shape[0], dtype=src.dtype)
-    vals = torch.empty(rows, dtype=src.dtype)
-    pos = torch.empty(rows, dtype=torch.long)
+    buf = torch.empty(rows, c.shape[0], dtype=src.dtype, device=x.device)
+    vals = torch.empty(rows, dtype=src.dtype, device=x.device)
+    pos = torch.empty(rows, dtype=torch.long, device=x.device)
     bias = cc.unsqueeze(0).expand(rows, -1)
     for s in range(0, x.shape[0], rows):
         e = min(s + rows, x.shape[0])
@@ -171,10 +174,10 @@ def greedy_batched(x: torch.Tensor, m: int, start: int, pool: int = 4096, precis
             cd[j] = -1.0
         if not picks:
             # the farthest pool point ties with a point outside the pool: one plain step
-            new = torch.tensor([int(torch.argmax(dist))])
+            new = torch.tensor([int(torch.argmax(dist))], device=x.device)
         else:
-            new = idx[torch.tensor(picks)]
-        sel.extend(int(v) for v in new)
+            new = idx[torch.tensor(picks, device=x.device)]
+        sel.extend(new.tolist())   # one device->host copy, not one per index
         if progress is not None:
             progress(len(new))
         _update(dist, x, xx, x[new], block_elems, low)
@@ -186,7 +189,7 @@ def covering_radius(x: torch.Tensor, centers: torch.Tensor, block_elems: int = 1
     """Max over points of the distance to the nearest selected center (the k-center objective)."""
     x = _as_float(x)
     xx = _row_norms(x)
-    dist = torch.full((x.shape[0],), float("inf"), dtype=x.dtype)
+    dist = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
     for s in range(0, len(centers), 4096):
         _update(dist, x, xx, x[centers[s:s + 4096]], block_elems)
     return float(dist.max().sqrt())

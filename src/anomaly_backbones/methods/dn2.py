@@ -5,7 +5,8 @@ Image-level: no anomaly map.
 
 Features: the pooled `layers` (methods/pooled.py; auto = the backbone's last stage, ResNet
 layer4 in the paper), as they are (the paper does not standardize). Exact search in float64
-(methods/knn.py, shared with PANDA and Mean-Shifted, so PANDA with 0 epochs is DN2 exactly). Params (params["dn2"]): k (2, the paper's and PANDA's), layers.
+(methods/knn.py, shared with PANDA and Mean-Shifted, so PANDA with 0 epochs is DN2 exactly), on
+`self.device` (the pooled vectors are read on the host). Params (params["dn2"]): k (2, the paper's and PANDA's), layers.
 """
 from __future__ import annotations
 
@@ -39,4 +40,4 @@ class DN2(DN2Memory, PooledMethod):
             raise RuntimeError("DN2.predict before fit")
         self.guard(self.predict_bytes(len(test), *self.bank.shape), f"DN2 predict on {test.dir} ({len(test)} images)",
                    "pool fewer channels (`dn2.layers`).")
-        return dn2_scores(self.bank, self.vectors(test), self.k), None
+        return dn2_scores(self.bank, self.vectors(test), self.k, self.device), None

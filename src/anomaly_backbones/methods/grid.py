@@ -40,14 +40,15 @@ def upsample_concat(maps: Sequence[torch.Tensor], size: tuple[int, int], out: to
     heights = [m.shape[1] for m in maps] if heights is None else list(heights)
     first = [(r0 * h) // H if m.shape[1] < h else 0 for m, h in zip(maps, heights)]   # loaded rows start here
     if out is None:
-        return torch.cat([m.index_select(1, nearest_index(H, h, r0, r1) - lo).index_select(2, nearest_index(W, m.shape[2]))
+        return torch.cat([m.index_select(1, (nearest_index(H, h, r0, r1) - lo).to(m.device))
+                          .index_select(2, nearest_index(W, m.shape[2]).to(m.device))
                           for m, h, lo in zip(maps, heights, first)], -1)
     c0 = 0
     for m, h, lo in zip(maps, heights, first):
         w, c = m.shape[2:]
         dst = out[..., c0:c0 + c]
         ri = (nearest_index(H, h, r0, r1) - lo).tolist()
-        cols = None if W % w == 0 else nearest_index(W, w)
+        cols = None if W % w == 0 else nearest_index(W, w).to(m.device)   # no-op on the CPU
         for r, src in enumerate(ri):             # row by row: whole (B, C) blocks per column
             row = m[:, src]                      # (B, w, C)
             if cols is None:                     # integer factor: a broadcast copy, no temporary

@@ -21,23 +21,31 @@ class PaDiMMemory:
         """Peak RSS of fit on n images: the inverse covariances, and the larger of a chunk's read
         (its (p, n, d) slice, plus mapped cache pages and gather temporaries) and its compute:
         the slice, centred in place, then the covariance, Cholesky factor and inverse
-        (3 x p*d*d). With few images the d*d terms dominate the chunk."""
+        (3 x p*d*d). With few images the d*d terms dominate the chunk. On a GPU: the device
+        memory of the same arrays (the inverses, the slice and the covariances live there; the
+        cache pages stay on the host)."""
         H, W = self.grid
         r0, r1 = self._row_chunks(n)[0]
         p = (r1 - r0) * W
         inv_cov = 4.0 * H * W * self.d * self.d
         sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+        if self.device.type != "cpu":
+            return inv_cov + max(sl + cov, 3 * cov)
         return BASELINE_BYTES + inv_cov + max(sl + 2 * MAP_BYTES, sl + cov, 3 * cov)
 
     def predict_bytes(self, n: int, image_size: int) -> float:
         """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
-        slice and a PRODUCT_SPLIT-th of its product with the inverse covariances, and the maps."""
+        slice and a PRODUCT_SPLIT-th of its product with the inverse covariances, and the maps.
+        On a GPU: the device memory of the model, the slice and the product (the maps are made
+        on the host)."""
         from .padim import PRODUCT_SPLIT
 
         H, W = self.grid
         r0, r1 = self._row_chunks(n)[0]
         sl = 4.0 * n * self.d * (r1 - r0) * W
         model = 4.0 * H * W * self.d * (self.d + 1)
+        if self.device.type != "cpu":
+            return model + sl + sl / PRODUCT_SPLIT
         return (BASELINE_BYTES + model + sl + max(2 * MAP_BYTES, sl / PRODUCT_SPLIT) + 4.0 * n * H * W
                 + maps_bytes(n, image_size))
 

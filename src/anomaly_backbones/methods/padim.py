@@ -13,6 +13,11 @@ inverse covariance (positions x d x d float32: 3136 x 550 x 550 x 4 B = 3.5 GiB 
 WideResNet-50-2 with d=550 on a 56x56 grid). The memory guards check the estimates of
 methods/memory.py before fit and predict (bench/padim_memory.py measures the heaviest case).
 
+Device: the chunks are read on the host (the cache) and moved to `self.device`; the means, the
+inverse covariances, the batched Cholesky inverses and the Mahalanobis products live and run
+there (on a GPU the guard checks the device memory those arrays take); the distances come back
+as a host array. On the CPU every move is a no-op: the same bits as before devices existed.
+
 Params (resolved): d (an int, or "all"), chunk_mb (a chunk's (positions, images, d) block),
 sigma (map blur).
 """
@@ -23,6 +28,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..device import to_device
 from ..errors import UserError
 from ..features import FeatureSet
 from .base import Method
@@ -147,14 +153,15 @@ class PaDiM(PaDiMMemory, Method):
         H, W = self.grid
         self.guard(self.fit_bytes(n), f"PaDiM on {train.dir} ({H}x{W} grid, d={self.d})",
                    "lower `padim.d` (memory grows with d^2) or choose deeper `layers` (a smaller grid).")
-        self.mean = torch.empty(self.d, H * W, dtype=torch.float32)
-        self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32)  # the one large array
-        eye = torch.eye(self.d) * EPS
+        dev = self.device
+        self.mean = torch.empty(self.d, H * W, dtype=torch.float32, device=dev)
+        self.inv_cov = torch.empty(H * W, self.d, self.d, dtype=torch.float32, device=dev)  # the one large array
+        eye = to_device(torch.eye(self.d) * EPS, dev)
         scratch = Scratch()
         chunks = self._row_chunks(n)
         bar = self.progress(H * W, "fit (positions)", "pos")
         for r0, r1 in chunks:
-            xc = self._rows(train, r0, r1, scratch)                    # (p, n, d)
+            xc = to_device(self._rows(train, r0, r1, scratch), dev)    # (p, n, d)
             mu = xc.mean(1)                                            # (p, d)
             check_finite(mu, f"features of {train.dir}")               # NaN/Inf survive a mean
             xc.sub_(mu.unsqueeze(1))
@@ -180,14 +187,15 @@ class PaDiM(PaDiMMemory, Method):
         scratch = Scratch()
         bar = self.progress(H * W, "predict (positions)", "pos")
         for r0, r1 in self._row_chunks(len(test)):
-            delta = self._rows(test, r0, r1, scratch).sub_(self.mean[:, r0 * W:r1 * W].T.unsqueeze(1))  # (p, N, d)
+            delta = to_device(self._rows(test, r0, r1, scratch), self.device)
+            delta.sub_(self.mean[:, r0 * W:r1 * W].T.unsqueeze(1))   # (p, N, d)
             step = -(-delta.shape[0] // PRODUCT_SPLIT)
-            buf = torch.from_numpy(scratch.get("product", (step, *delta.shape[1:])))
+            buf = scratch.tensor("product", (step, *delta.shape[1:]), self.device)
             for s in range(0, delta.shape[0], step):
                 dl = delta[s:s + step]
                 pos = slice(r0 * W + s, r0 * W + s + len(dl))
                 m = torch.bmm(dl, self.inv_cov[pos], out=buf[:len(dl)]).mul_(dl)   # in place: no third array
-                out[:, pos] = m.sum(-1).clamp_min_(0).sqrt_().T.numpy()
+                out[:, pos] = m.sum(-1).clamp_min_(0).sqrt_().T.cpu().numpy()
             del delta  # not alive while the next chunk is read
             bar.update((r1 - r0) * W)
         bar.close()

@@ -30,6 +30,13 @@ w = 1 - softmax(-)[m*] over the Euclidean distances from the test patch to those
 i.e. 1 - exp(|m_test - m*|) / sum_{m in N_b(m*)} exp(|m_test - m|); score = w * s*
 (neighbors == 1: score = s*). Map: patch distances -> bilinear to image size -> blur sigma 4.
 
+Device: cached features are read on the host and moved to `self.device`; the projection (drawn
+on the CPU from the seed, then moved), the greedy coreset, the bank and the nearest-neighbour
+search run there; the start point of the coreset comes from a CPU generator, so both devices
+start from the same patch. Scores and grids come back as host arrays; on the CPU every move is
+a no-op (the same bits as before devices existed). GPU GEMMs round differently, so a GPU coreset
+may pick other (equally far) centers; tests check the ROC-AUC agrees.
+
 Fit and predict times and ROC-AUC of both coreset modes on the magnetic-tile split:
 docs/performance.md ("PatchCore").
 """
@@ -39,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import to_device
 from ..errors import UserError
 from .base import Method
 from .common import check_finite
@@ -54,8 +62,8 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | N
     bank_sq = (bank * bank).sum(1) if bank_sq is None else bank_sq
     q_sq = (queries * queries).sum(1)
     n, m = queries.shape[0], bank.shape[0]
-    best = torch.full((n,), float("inf"))
-    arg = torch.zeros(n, dtype=torch.long)
+    best = torch.full((n,), float("inf"), device=queries.device)
+    arg = torch.zeros(n, dtype=torch.long, device=queries.device)
     cols = min(m, max(1, block_elems // 1024))
     rows = max(1, block_elems // cols)
     for c0 in range(0, m, cols):
@@ -118,8 +126,8 @@ class PatchCore(PatchCoreMemory, Method):
         self.coreset_idx: torch.Tensor | None = None
 
     def embed(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """{layer: (B, C, H, W)} -> ((B*h*w, C') patch vectors, (h, w)), rows image-major."""
-        maps = [F.avg_pool2d(feats[name].float(), 3, 1, 1) for name in self.layers]
+        """{layer: (B, C, H, W)} -> ((B*h*w, C') patch vectors on self.device, (h, w)), rows image-major."""
+        maps = [F.avg_pool2d(to_device(feats[name], self.device).float(), 3, 1, 1) for name in self.layers]
         h, w = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
         maps = [m if tuple(m.shape[-2:]) == (h, w) else
                 F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False) for m in maps]
@@ -151,8 +159,8 @@ class PatchCore(PatchCoreMemory, Method):
             if x is None:
                 c, per_img = e.shape[1], hw[0] * hw[1]
                 if c > self.projection_dim:
-                    proj = sparse_random_projection(c, self.projection_dim, self.seed)
-                x = torch.empty(n_img * per_img, proj.shape[1] if proj is not None else c)
+                    proj = to_device(sparse_random_projection(c, self.projection_dim, self.seed), self.device)
+                x = torch.empty(n_img * per_img, proj.shape[1] if proj is not None else c, device=self.device)
             x[sl.start * per_img:sl.stop * per_img] = e @ proj if proj is not None else e
         n = x.shape[0]
         m = coreset_size(n, self.ratio)
@@ -174,8 +182,8 @@ class PatchCore(PatchCoreMemory, Method):
                 continue
             e, _ = self.embed(feats)
             if bank is None:
-                bank = torch.empty(m, e.shape[1])
-            bank[order[a:b]] = e[sorted_idx[a:b] - lo]
+                bank = torch.empty(m, e.shape[1], device=self.device)
+            bank[to_device(order[a:b], self.device)] = e[to_device(sorted_idx[a:b] - lo, self.device)]
         self.bank = bank.contiguous()
         self._bank_sq = (self.bank * self.bank).sum(1)
 
@@ -201,7 +209,7 @@ class PatchCore(PatchCoreMemory, Method):
                 scores[sl.start + b] = float(reweighted_score(dist[b], nn_idx[b], e[b], self.bank, self.neighbors,
                                                               self._bank_sq))
             grid = torch.empty(len(test), h, w) if grid is None else grid
-            grid[sl] = dist.view(-1, h, w)
+            grid[sl] = dist.view(-1, h, w).cpu()
             bar.update(sl.stop - sl.start)
         bar.close()
         return scores, grid.numpy()

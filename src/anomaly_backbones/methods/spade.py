@@ -22,6 +22,10 @@ may round differently when a GEMM's shape changes). Cost is one GEMM over positi
 K*h*w x channels per test image (2 * h*w * K*h*w * C flops), exact, deterministic.
 bench/memory.py spade measures the peak and time on the magnetic-tile shapes.
 
+Device: cached features are read on the host and moved to `self.device`; the pooled vectors
+and the image kNN (float64), the gallery, its tiles and the running top-kappa live there; scores
+and grids come back as host arrays (on the CPU every move is a no-op: the same bits as before).
+
 Params (params["spade"]): k (nearest training images), kappa (nearest gallery vectors per test
 position), chunk_mb (gallery maps built at once), batch_size (test images per feature batch),
 sigma (map blur).
@@ -33,6 +37,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from ..device import to_device
 from ..errors import UserError
 from .base import Method
 from .common import check_finite
@@ -57,14 +62,14 @@ def knn_mean_distance(queries: torch.Tensor, blocks: Iterable[torch.Tensor], kap
     q_sq = (queries * queries).sum(1)
     n = queries.shape[0]
     kappa = int(kappa)
-    best = torch.full((n, kappa), float("inf"))
+    best = torch.full((n, kappa), float("inf"), device=queries.device)
     seen = 0
-    buf = torch.empty(0) if buf is None else buf
+    buf = torch.empty(0, device=queries.device) if buf is None else buf
     for block in blocks:
         g = block.shape[0]
         rows = tile_rows(n, g)
         if buf.numel() < rows * g:
-            buf = torch.empty(rows * g)
+            buf = torch.empty(rows * g, device=queries.device)
         b_sq = (block * block).sum(1).unsqueeze(0)
         bt = block.t()
         for r0 in range(0, n, rows):
@@ -98,18 +103,18 @@ class SPADE(SPADEMemory, Method):
         return [name for name, s in zip(self.layers, sizes) if s == smallest][-1]
 
     def _pooled(self, fs) -> torch.Tensor:
-        """(N, C) float64 global average of the deepest layer."""
+        """(N, C) float64 global average of the deepest layer, on self.device."""
         deep = self._deepest(fs)
-        out = [f[deep].double().mean((2, 3)) for _, f in fs.batches([deep], 64)]
+        out = [to_device(f[deep], self.device).double().mean((2, 3)) for _, f in fs.batches([deep], 64)]
         return torch.cat(out)
 
     def _concat(self, feats: dict[str, torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
         """{layer: (B, C, H, W)} -> (B, h, w, sum C) at the largest map (grid.upsample_concat),
-        written into `out` when given."""
-        maps = [feats[name] for name in self.layers]
+        written into `out` when given (else made on self.device)."""
+        maps = [to_device(feats[name], self.device) for name in self.layers]
         h, w = largest_grid(m.shape for m in maps)
         b = maps[0].shape[0]
-        out = torch.empty(b, h, w, sum(m.shape[1] for m in maps)) if out is None else out[:b]
+        out = torch.empty(b, h, w, sum(m.shape[1] for m in maps), device=self.device) if out is None else out[:b]
         return upsample_concat([m.permute(0, 2, 3, 1) for m in maps], (h, w), out=out)
 
     def _group(self, shapes: dict[str, tuple[int, int, int]], itemsize: int) -> int:
@@ -151,14 +156,14 @@ class SPADE(SPADEMemory, Method):
         check_finite(test_vec, "spade test features")
         d2 = torch.cdist(test_vec, self.train_vec).pow(2)  # float64, small
         knn_d2, knn_idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-        scores = knn_d2.mean(1).numpy()
+        scores, knn_idx = knn_d2.mean(1).cpu().numpy(), knn_idx.cpu()
         h, w = largest_grid(shapes.values())
         # Buffers made once: small long-lived arrays allocated per image between large
         # short-lived ones fragment glibc's heap (the RSS then grows with every test image).
         grid = torch.empty(len(test), h, w)
         group = min(self._group(self.train.shapes(self.layers), self.train.itemsize), k)
-        gallery = torch.empty(group, h, w, sum(s[0] for s in shapes.values()))
-        tile = torch.empty(tile_rows(h * w, h * w) * h * w)
+        gallery = torch.empty(group, h, w, sum(s[0] for s in shapes.values()), device=self.device)
+        tile = torch.empty(tile_rows(h * w, h * w) * h * w, device=self.device)
         bar = self.progress(len(test), "gallery search", "img")
         for sl, feats in test.batches(self.layers, self.batch_size):
             x = self._concat(feats)
@@ -166,7 +171,7 @@ class SPADE(SPADEMemory, Method):
             for b in range(x.shape[0]):
                 q = x[b].reshape(-1, x.shape[-1])
                 blocks = self._gallery(knn_idx[sl.start + b].numpy(), gallery)
-                grid[sl.start + b] = knn_mean_distance(q, blocks, self.kappa, tile).view(h, w)
+                grid[sl.start + b] = knn_mean_distance(q, blocks, self.kappa, tile).view(h, w).cpu()
                 bar.update(1)
         bar.close()
         return scores.astype(np.float64), grid.numpy()

@@ -19,6 +19,8 @@ With the RBF kernel (k_ii = 1) Q = K - 1 and SVDD is OC-SVM with the same nu: th
 Params (params["svdd"]): kernel (rbf | linear), nu (0.1) with C = 1 / (nu n) for n training
 images, or C given (a number >= 1 / n; then nu is unused; C >= 1 is the hard minimum enclosing
 ball), gamma (as OC-SVM's).
+
+Device: the CPU whatever `device` says, as OC-SVM (scikit-learn's libsvm has no GPU solver).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """ImageMethod: the shared part of every method that trains the backbone (`reads = "images"`).
 
-    m = get_method("panda")(params, layers, seed, backbone=load_backbone(name, init, seed))
+    m = get_method("panda")(params, layers, seed, backbone=load_backbone(name, init, seed), device=dev)
     m.on_epoch = lambda epoch, values: ...     # optional: per-epoch loss (the stage logs it)
     m.fit(ImageSet(train_images))              # (N, S, S, 3) uint8 prepared images
     scores, None = m.predict(ImageSet(test_images))
@@ -13,6 +13,13 @@ what they share: seeding, the trunk and its frozen prefix, batches in a seeded r
 (like a shuffled DataLoader without drop_last), the progress bar, the memory guard, per-epoch
 logging and, only when `test_curve` is set, the test ROC-AUC per epoch for a curve (reporting
 only: training always runs `epochs` epochs and the last weights score; never used to pick one).
+
+Device: fit moves the backbone's model to `self.device`; `inputs` moves a batch's uint8 pixels
+there and normalizes them on the device (as the extractor does), so training, the prefix cache
+and the features run there; features come back to the host (numpy) and the k-NN scores run on
+the device again (methods/knn.py). Random choices (batch order, augmentations, new heads' init)
+are drawn on the CPU as before, so on the CPU every move is a no-op and the results are the
+same bits as before devices existed.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import numpy as np
 import torch
 
 from ...backbones import normalize
+from ...device import synchronize, to_device
 from ...resources import BASELINE_BYTES
 from ..base import Method
 from .trunk import PrefixCache, Trunk, resolve_frozen
@@ -52,13 +60,13 @@ class ImageMethod(Method):
 
     uses_prefix_cache = False   # True where no augmentation changes the frozen prefix's input
 
-    def __init__(self, params: dict | None, layers: list[str], seed: int = 1024, backbone=None):
+    def __init__(self, params: dict | None, layers: list[str], seed: int = 1024, backbone=None, device="cpu"):
         self.backbone = backbone
         self.on_epoch: Callable[[int, dict], None] | None = None
         self.losses: list[float] = []
         self.curve: list[float] = []
         self.forward_s = 0.0        # seconds in the network's forward pass in `features` (timings)
-        super().__init__(params, layers, seed)
+        super().__init__(params, layers, seed, device)
 
     def configure(self, p: dict) -> None:
         self.epochs, self.batch_size, self.lr = p["epochs"], p["batch_size"], p["lr"]
@@ -73,6 +81,7 @@ class ImageMethod(Method):
         torch.manual_seed(self.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         frozen = resolve_frozen(self.params["frozen_through"], self.backbone.name, self.name)
+        self.backbone.model.to(self.device)   # in place (no-op on the CPU): the stage's backbone is this model
         self.trunk = Trunk(self.backbone.model, self.layers, frozen, train.image_size, self.name)
         self.prepare_trunk(train)
         self.guard(self.train_bytes(len(train), train.image_size),
@@ -144,9 +153,16 @@ class ImageMethod(Method):
         return [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
 
     def inputs(self, images: np.ndarray, idx=None) -> torch.Tensor:
-        """(B, 3, S, S) float network input of images[idx] (all when idx is None)."""
+        """(B, 3, S, S) float network input of images[idx] (all when idx is None), on self.device:
+        the uint8 pixels are moved, then normalized there."""
         x = np.ascontiguousarray(images if idx is None else images[idx])
-        return normalize(torch.from_numpy(x.copy()).permute(0, 3, 1, 2), self.backbone.mean, self.backbone.std)
+        return self.normalized(to_device(torch.from_numpy(x.copy()), self.device).permute(0, 3, 1, 2))
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """backbones.normalize of (B, 3, S, S) uint8 pixels, its mean and std on x's device."""
+        mean, std = (to_device(torch.as_tensor(v, dtype=torch.float32), x.device)
+                     for v in (self.backbone.mean, self.backbone.std))
+        return normalize(x, mean, std)
 
     def embed(self, data: ImageSet, idx: np.ndarray, key: str | None = None) -> torch.Tensor:
         """Trunk features (B, C) of data.images[idx], with autograd; from the prefix cache when
@@ -154,18 +170,19 @@ class ImageMethod(Method):
         prefix = self.trunk.prefix
         if key is not None and prefix is not None and key in prefix.store:
             with prefix.feeding(key, torch.from_numpy(np.asarray(idx))):
-                return self.trunk(torch.zeros(len(idx), 3, 1, 1))
+                return self.trunk(torch.zeros(len(idx), 3, 1, 1, device=self.device))
         return self.trunk(self.inputs(data.images, idx))
 
     def features(self, data: ImageSet, key: str | None = None) -> np.ndarray:
-        """(N, C) float32 trunk features of every image, in order, without autograd."""
+        """(N, C) float32 trunk features of every image, in order, without autograd (on the host)."""
         out = []
         t = time.perf_counter()
         with torch.no_grad():
             for s in range(0, len(data), self.batch_size):
                 out.append(self.embed(data, np.arange(s, min(s + self.batch_size, len(data))), key))
+        synchronize(self.device)
         self.forward_s += time.perf_counter() - t
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
     def cache_prefix(self, data: ImageSet, key: str) -> None:
         """Compute the frozen prefix's output for every image of `data` once (module trunk.py)."""
@@ -178,6 +195,7 @@ class ImageMethod(Method):
         with torch.no_grad():
             for s in range(0, len(data), self.batch_size):
                 self.trunk.prefix.add(key, self.inputs(data.images, np.arange(s, min(s + self.batch_size, len(data)))))
+        synchronize(self.device)
         self.forward_s += time.perf_counter() - t
 
     def embed_all(self, data: ImageSet, key: str | None = None) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...device import to_device
 from .base import ImageMethod, ImageSet
 
 COLLAPSE_RATIO = 1e-6
@@ -75,9 +76,9 @@ class DeepSVDD(ImageMethod):
                         q.requires_grad_(False)
 
     def setup(self, train: ImageSet) -> None:
-        out = torch.from_numpy(self.features(train))
+        out = to_device(torch.from_numpy(self.features(train)), self.device)
         self.c = init_center(out, self.params["eps"])
-        self.R = torch.tensor(0.0)
+        self.R = torch.tensor(0.0, device=self.device)
         self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.lr,
                                           weight_decay=self.params["weight_decay"])
 
@@ -92,15 +93,15 @@ class DeepSVDD(ImageMethod):
         loss.backward()
         self.optimizer.step()
         if self.objective == "soft-boundary" and len(self.losses) >= self.params["warm_up_epochs"]:
-            self.R.data = torch.tensor(get_radius(dist, self.nu))
+            self.R.data = torch.tensor(get_radius(dist, self.nu), device=self.device)
         return float(loss.item())
 
     def finish(self, train: ImageSet) -> None:
-        out = torch.from_numpy(self.features(train)).double()
+        out = to_device(torch.from_numpy(self.features(train)), self.device).double()
         self.spread = float(((out - out.mean(0)) ** 2).sum(1).mean())
         self.collapsed = self.spread <= COLLAPSE_RATIO * float((self.c.double() ** 2).sum())
 
     def scores(self, test: ImageSet) -> np.ndarray:
-        out = torch.from_numpy(self.features(test))
+        out = to_device(torch.from_numpy(self.features(test)), self.device)
         dist = torch.sum((out - self.c) ** 2, dim=1)
-        return (dist - self.R ** 2 if self.objective == "soft-boundary" else dist).double().numpy()
+        return (dist - self.R ** 2 if self.objective == "soft-boundary" else dist).double().cpu().numpy()

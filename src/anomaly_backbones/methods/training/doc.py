@@ -86,8 +86,9 @@ class DOC(ImageMethod):
     def setup(self, train: ImageSet) -> None:
         self.files, self.labels, self.classes = reference_files(self.params["reference"])
         self.head = nn.Linear(self.trunk.dim, len(self.classes))
-        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.normal_(self.head.weight, std=0.01)   # on the CPU from the seeded generator, then moved
         nn.init.zeros_(self.head.bias)
+        self.head.to(self.device)
         named = [*self.trunk.trainable(), *(("head." + n, p) for n, p in self.head.named_parameters())]
         weights = [p for n, p in named if not n.endswith("bias")]
         biases = [p for n, p in named if n.endswith("bias")]
@@ -109,7 +110,7 @@ class DOC(ImageMethod):
             idx.append(self.reference_order.pop(0))
         resize = round(self.size * 256 / 224)
         images = np.stack([load_image(self.files[i], resize, self.size)[0] for i in idx])
-        return self.inputs(images), torch.tensor([self.labels[i] for i in idx])
+        return self.inputs(images), torch.tensor([self.labels[i] for i in idx], device=self.device)
 
     def loss(self, target_out: torch.Tensor, ref_logits: torch.Tensor, ref_labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(ref_logits, ref_labels) + self.params["lambda"] * doc_compactness(target_out)
@@ -123,4 +124,4 @@ class DOC(ImageMethod):
         return float(loss.item())
 
     def scores(self, test: ImageSet) -> np.ndarray:
-        return knn_scores(self.train_features(), self.test_features(test), 1, squared=False)
+        return knn_scores(self.train_features(), self.test_features(test), 1, squared=False, device=self.device)

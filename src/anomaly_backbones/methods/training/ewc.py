@@ -71,7 +71,7 @@ def load_or_estimate_fisher(method, train) -> dict[str, torch.Tensor]:
             if name not in fisher or tuple(fisher[name].shape) != tuple(p.shape):
                 raise UserError(f"`panda.fisher` file {path} has no tensor of shape {tuple(p.shape)} for parameter "
                                 f"{name!r}: compute it for this backbone's parameters")
-        return {name: fisher[name].float() for name, _ in named}
+        return {name: fisher[name].float().to(p.device) for name, p in named}
     check_fisher_source(path, method.backbone)
     return estimate_fisher(method, train, named)
 
@@ -86,7 +86,7 @@ def estimate_fisher(method, train, named) -> dict[str, torch.Tensor]:
             idx = np.array([i])
             if prefix is not None and "train" in prefix.store:
                 with prefix.feeding("train", torch.from_numpy(idx)), prefix.skipping():
-                    logits = model(torch.zeros(1, 3, 1, 1))
+                    logits = model(torch.zeros(1, 3, 1, 1, device=method.device))
             else:
                 logits = model(method.inputs(train.images, idx))
             logp = F.log_softmax(logits, dim=1)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...device import to_device
 from .base import ImageMethod, ImageSet
 from ..knn import dn2_scores
 
@@ -32,7 +33,7 @@ def mean_shifted_contrastive_loss(out_1: torch.Tensor, out_2: torch.Tensor, temp
     bs = out_1.size(0)
     out = torch.cat([out_1, out_2], dim=0)
     sim = torch.exp(out @ out.t() / temp)
-    off_diagonal = ~torch.eye(2 * bs, dtype=torch.bool)
+    off_diagonal = ~torch.eye(2 * bs, dtype=torch.bool, device=out.device)
     sim = sim.masked_select(off_diagonal).view(2 * bs, -1)
     pos = torch.exp((out_1 * out_2).sum(dim=-1) / temp)
     pos = torch.cat([pos, pos], dim=0)
@@ -69,19 +70,19 @@ class MeanShifted(ImageMethod):
         return F.normalize(torch.from_numpy(self.features(data, key)), dim=-1).numpy()
 
     def setup(self, train: ImageSet) -> None:
-        feats = torch.from_numpy(self.train_features())
+        feats = to_device(torch.from_numpy(self.train_features()), self.device)
         self.center = F.normalize(feats.mean(dim=0), dim=-1)
         self.optimizer = torch.optim.SGD(self.trainable_parameters(), lr=self.lr,
                                          weight_decay=self.params["weight_decay"])
         self.augment = moco_v2(train.image_size)
 
     def view(self, images: np.ndarray) -> torch.Tensor:
-        """One augmented view of each image, as network input."""
+        """One augmented view of each image, as network input on self.device (the augmentations
+        run on the CPU, drawn from torch's seeded global generator as before; the uint8 views
+        are then moved)."""
         x = torch.from_numpy(np.ascontiguousarray(images).copy()).permute(0, 3, 1, 2)
         x = torch.stack([self.augment(im) for im in x])
-        from ...backbones import normalize
-
-        return normalize(x, self.backbone.mean, self.backbone.std)
+        return self.normalized(to_device(x, self.device))
 
     def step(self, train: ImageSet, idx: np.ndarray) -> float:
         images = train.images[idx]
@@ -93,4 +94,4 @@ class MeanShifted(ImageMethod):
         return float(loss.item())
 
     def scores(self, test: ImageSet) -> np.ndarray:
-        return dn2_scores(self.train_features(), self.test_features(test), self.params["k"])
+        return dn2_scores(self.train_features(), self.test_features(test), self.params["k"], self.device)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...device import to_device
 from .base import ImageMethod, ImageSet
 from .ewc import ewc_penalty, load_or_estimate_fisher
 from ..knn import dn2_scores
@@ -47,7 +48,7 @@ class PANDA(ImageMethod):
             check_fisher_source(self.params["fisher"], self.backbone)
 
     def setup(self, train: ImageSet) -> None:
-        self.center = torch.from_numpy(self.train_features()).mean(dim=0)
+        self.center = to_device(torch.from_numpy(self.train_features()), self.device).mean(dim=0)
         p = self.params
         self.optimizer = torch.optim.SGD(self.trainable_parameters(), lr=self.lr, momentum=p["momentum"],
                                          weight_decay=p["weight_decay"])
@@ -78,7 +79,7 @@ class PANDA(ImageMethod):
 
     def scores(self, test: ImageSet) -> np.ndarray:
         if self.variant != "ses" or not self.snapshots:
-            return dn2_scores(self.train_features(), self.test_features(test), self.k)
+            return dn2_scores(self.train_features(), self.test_features(test), self.k, self.device)
         params = dict(self.trunk.trainable())
         final = {n: q.detach().clone() for n, q in params.items()}
         best = None
@@ -87,7 +88,7 @@ class PANDA(ImageMethod):
                 with torch.no_grad():
                     for n, q in params.items():
                         q.copy_(snap[n])
-                s = dn2_scores(self.features(self.train_set, "train"), self.test_features(test), self.k)
+                s = dn2_scores(self.features(self.train_set, "train"), self.test_features(test), self.k, self.device)
                 s = s / s.mean()
                 best = s if best is None else np.maximum(best, s)
         finally:

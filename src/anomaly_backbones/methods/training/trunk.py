@@ -47,9 +47,15 @@ def run_until(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Ten
     return captured["x"]
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def forward_order(model: nn.Module, image_size: int) -> tuple[list[str], dict[str, int]]:
     """Names of the model's modules in the order their forward passes end, and each one's output
-    elements per image (one probe image of `image_size` px)."""
+    elements per image (one probe image of `image_size` px, on the model's device)."""
     order: list[str] = []
     elems: dict[str, int] = {}
 
@@ -62,7 +68,7 @@ def forward_order(model: nn.Module, image_size: int) -> tuple[list[str], dict[st
                for name, m in model.named_modules() if name]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
+            model(torch.zeros(1, 3, image_size, image_size, device=_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -129,7 +135,7 @@ class Trunk(nn.Module):
         self.prefix: PrefixCache | None = None
         self.train(False)
         with torch.no_grad():
-            self.dim = int(self(torch.zeros(1, 3, image_size, image_size)).shape[1])   # C of the features
+            self.dim = int(self(torch.zeros(1, 3, image_size, image_size, device=_device(model))).shape[1])   # C of the features
 
     def train(self, mode: bool = True):
         """Always eval: BatchNorm statistics frozen, dropout and drop-path off (see the module doc)."""
@@ -227,7 +233,7 @@ class PrefixCache:
             full = self.trunk(x)
             self.current, self.active = self.output(x), True
             try:
-                cached = self.trunk(torch.zeros(len(x), 3, 1, 1))
+                cached = self.trunk(torch.zeros(len(x), 3, 1, 1, device=x.device))
             except Exception:   # noqa: BLE001 - a network that is not a chain of modules: no cache
                 return False
             finally:
