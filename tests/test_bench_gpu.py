@@ -54,7 +54,8 @@ def _canon(name: str) -> str:
 
 
 def allowed_modules() -> set[str]:
-    """Top-level modules of GPU_DISTS and every distribution they require (extras left out), and the project."""
+    """Top-level modules of GPU_DISTS and every distribution they require (extras left out), and
+    the project's own (the package, bench/gpu_report.py)."""
     seen, todo = set(), list(GPU_DISTS)
     while todo:
         name = _canon(todo.pop())
@@ -67,7 +68,7 @@ def allowed_modules() -> set[str]:
         seen.add(name)
         todo += [re.match(r"[A-Za-z0-9._-]+", r).group() for r in dist.requires or [] if "extra ==" not in r]
     mods = {m for m, dists in metadata.packages_distributions().items() if any(_canon(d) in seen for d in dists)}
-    return mods | {"anomaly_backbones"}
+    return mods | {"anomaly_backbones", "gpu_report"}
 
 
 def load_script():
