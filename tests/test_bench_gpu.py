@@ -146,3 +146,18 @@ def test_cpu_run_without_dvc(tmp_path):
     assert "torch" in modules and not modules & FORBIDDEN
     known = allowed | set(sys.stdlib_module_names) | {"cython_runtime"}   # Cython extensions register it, no import
     assert modules <= known, modules - known
+
+
+def test_spent_budget_still_times_the_forward_pass(tmp_path, capsys):
+    """A budget spent before the first category: every backbone is still loaded and its forward
+    pass timed; its row says so, and the JSON holds no category and no size target."""
+    out = tmp_path / "gpu.json"
+    load_script().main(["--device", "cpu", "--scale", "0.003", "--backbones", "resnet18", "--methods", "padim",
+                        "--resize", "64", "--crop", "64", "--engine", "eager", "--forward-images", "4",
+                        "--budget-s", "1e-9", "--tmp", str(tmp_path), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "budget of 0 s spent: resnet18 stops after 0 categories" in printed
+    assert re.search(r"^\| resnet18 \(random:seed=1024, eager, 0 categories\) \| \(forward only: budget spent\) \| "
+                     r"[0-9.]+ \| n/a \|", printed, re.M), printed
+    b = json.loads(out.read_text())["backbones"]["resnet18"]
+    assert b["categories"] == [] and b["forward_ips"] > 0 and b["extract_ips"] is None
