@@ -330,7 +330,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    dev = D.resolve_device(args.device)
+    if D.check_device(args.device):   # the flag, not params.yaml, names the device here
+        raise UserError(f"--device {args.device!r}: use one of {D.DEVICES}.")
+    try:
+        dev = D.resolve_device(args.device)
+    except UserError:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise UserError(f"--device {args.device}: torch {torch.__version__} sees {n} GPU(s) here; use --device cpu "
+                        f"or auto.") from None
     D.use_device(dev)
     if args.threads:
         torch.set_num_threads(args.threads)

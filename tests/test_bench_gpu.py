@@ -161,3 +161,14 @@ def test_spent_budget_still_times_the_forward_pass(tmp_path, capsys):
                      r"[0-9.]+ \| n/a \|", printed, re.M), printed
     b = json.loads(out.read_text())["backbones"]["resnet18"]
     assert b["categories"] == [] and b["forward_ips"] > 0 and b["extract_ips"] is None
+
+
+def test_device_flag_errors_name_the_flag():
+    gpu = load_script()
+    with pytest.raises(UserError, match=r"^--device 'gpu': use one of auto \| cpu \| cuda"):
+        gpu.main(["--device", "gpu"])
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"^--device cuda: torch .* sees 0 GPU\(s\) here; use --device cpu"):
+            gpu.main(["--device", "cuda"])
