@@ -27,7 +27,7 @@ timeout "${BENCH_TIMEOUT:-420}" python bench/gpu.py --device cuda \
 bench_rc=$?
 
 echo "== CUDA tests (exit $tests_rc; 124 = timed out): python -m pytest -q -m 'not slow' tests -k cuda"
-grep -E "passed|failed|error|skipped|FAILED|ERROR" "$OUT/cuda_tests.txt" | tail -25
+grep -E "passed|failed|error|skipped|no tests|FAILED|ERROR" "$OUT/cuda_tests.txt" | tail -25
 echo
 echo "== bench/gpu.py (exit $bench_rc; 124 = timed out, $OUT/gpu.json holds the categories done)"
 grep -E "^(note|error|budget)" "$OUT/gpu.txt"
