@@ -91,9 +91,25 @@ def _defect(category: str, kind: str, rgb: np.ndarray, rng: np.random.Generator)
     return np.clip(rgb + soft * tint, 0, 1), mask
 
 
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Float RGB in [0, 1] -> the uint8 pixels the PNGs hold (rounded to nearest)."""
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def sample(category: str, key: str, i: int, seed: int = 1024, size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image of `generate`'s dataset in memory: (float RGB (size, size, 3) in [0, 1], its exact
+    bool mask (size, size), None for a defect-free image). key: "train" or "test" (defect-free
+    images of that split) or one of DEFECTS[category]; i: the image's number. generate() writes
+    exactly these images, and bench/gpu.py draws MVTec AD-sized datasets from it without files."""
+    if key in ("train", "test"):
+        return _base(category, _rng(seed, category, key, i), size), None
+    rng = _rng(seed, category, key, i)
+    return _defect(category, key, _base(category, rng, size), rng)
+
+
 def _save(rgb: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(path, optimize=False)
+    Image.fromarray(to_uint8(rgb)).save(path, optimize=False)
 
 
 def generate(root: str | Path, seed: int = 1024, categories=CATEGORIES, n_train: int = 40,
@@ -105,13 +121,12 @@ def generate(root: str | Path, seed: int = 1024, categories=CATEGORIES, n_train:
         if c not in DEFECTS:
             raise ValueError(f"unknown synthetic category {c!r}; known: {list(DEFECTS)}")
         for i in range(n_train):
-            _save(_base(c, _rng(seed, c, "train", i), size), root / c / "train" / "good" / f"{i:03d}.png")
+            _save(sample(c, "train", i, seed, size)[0], root / c / "train" / "good" / f"{i:03d}.png")
         for i in range(n_good_test):
-            _save(_base(c, _rng(seed, c, "test", i), size), root / c / "test" / "good" / f"{i:03d}.png")
+            _save(sample(c, "test", i, seed, size)[0], root / c / "test" / "good" / f"{i:03d}.png")
         for kind in DEFECTS[c]:
             for i in range(n_defect_test):
-                rng = _rng(seed, c, kind, i)
-                rgb, mask = _defect(c, kind, _base(c, rng, size), rng)
+                rgb, mask = sample(c, kind, i, seed, size)
                 _save(rgb, root / c / "test" / kind / f"{i:03d}.png")
                 mp = root / c / "ground_truth" / kind / f"{i:03d}_mask.png"
                 mp.parent.mkdir(parents=True, exist_ok=True)
