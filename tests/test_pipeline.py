@@ -46,7 +46,7 @@ def clone(tmp_path_factory):
 
 
 def test_repro_writes_metrics_and_second_repro_is_a_noop(clone):
-    r = sh(["dvc", "repro"], cwd=clone)
+    sh(["dvc", "repro"], cwd=clone)
     m = json.loads((clone / "metrics" / "metrics.json").read_text())
     assert set(m["padim"]) == {"image_auroc", "image_auroc_lo", "image_auroc_hi", "image_ap", "image_f1max",
                                "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro"}
