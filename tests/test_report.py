@@ -55,10 +55,10 @@ def metrics(backbone="tf_efficientnet_lite0", init="imagenet:in1k_pypi", layers=
         a = round(auroc - 0.05 * i, 6)
         if not new:   # a run older than the metrics of issue 17
             out[m] = {"image_auroc": a, "pixel_auroc": 0.9}
-        elif m == "ocsvm":   # image-level: no anomaly map
+        elif m == "ocsvm":   # image-level: no anomaly map. metrics.json says pixel_* null; `dvc exp
+            # show --json` drops null metrics, so the report gets no pixel keys at all (as here)
             out[m] = {"image_auroc": a, "image_auroc_lo": a - 0.04, "image_auroc_hi": min(a + 0.04, 1.0),
-                      "image_ap": 0.9, "image_f1max": 0.8, "pixel_auroc": None, "pixel_ap": None,
-                      "pixel_f1max": None, "pixel_aupro": None}
+                      "image_ap": 0.9, "image_f1max": 0.8}
         else:
             out[m] = {"image_auroc": a, "image_auroc_lo": a - 0.03, "image_auroc_hi": min(a + 0.03, 1.0),
                       "image_ap": 0.93, "image_f1max": 0.88, "pixel_auroc": 0.97, "pixel_ap": 0.41,

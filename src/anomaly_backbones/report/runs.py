@@ -18,6 +18,8 @@ from pathlib import Path
 
 from .. import dvc_client as dvc
 from ..dvc_client import LATENCY_FILE, METRICS_FILE, SPEED_FILE, Entry, canonical
+from ..methods import METHODS
+from ..metrics import PIXEL_KEYS
 
 LOAD_FRACTION = 0.5   # a timing is "under load" when the 1-minute load average exceeded this x CPUs
 BASE_CANDIDATES = ("origin/HEAD", "main", "master")
@@ -45,6 +47,13 @@ class Run:
     variant: str = ""               # params (besides backbone and init) that set this run apart
     latency: dict | None = None     # metrics/latency.json, when the run has one
     host: dict = field(default_factory=dict)   # speed.json's host block: cpus, cpu_model, load_1m, device
+
+    def __post_init__(self):
+        """An image-level method's pixel metrics are null in metrics.json, and `dvc exp show`
+        drops null metrics: restore them as None ("not applicable"), never "not recorded"."""
+        for method, figures in self.metrics.items():
+            if method in METHODS and METHODS[method].level == "image" and isinstance(figures, dict):
+                self.metrics[method] = {**dict.fromkeys(PIXEL_KEYS), **figures}
 
     @property
     def info(self) -> dict:
