@@ -210,7 +210,7 @@ def test_a_mask_for_a_defect_free_image_is_a_warning_naming_it(synthetic_tree, t
     shutil.copy(synthetic_tree / "disc" / "ground_truth" / "dent" / "000_mask.png", gt_good / "000_mask.png")
     _prepare(synthetic_tree, tmp_path / "out")
     err = capsys.readouterr().err
-    assert "warning: 1 mask belongs to defect-free test images" in err and "good/000_mask.png" in err
+    assert "warning: 1 mask belongs to defect-free test images and is not used" in err and "good/000_mask.png" in err
     rows = read_samples(tmp_path / "out" / "disc")
     masks = load_prepared(tmp_path / "out" / "disc", "test_masks")
     assert not any(m.any() for r, m in zip([r for r in rows if r["split"] == "test"], masks) if r["label"] == "0")

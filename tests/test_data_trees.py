@@ -200,7 +200,7 @@ def test_btad_tree_mixed_extensions_uppercase_and_numeric_categories(tmp_path, c
     # a ground_truth/ok folder: reported, not used
     shutil.copytree(root / "02" / "ground_truth" / "ko", root / "02" / "ground_truth" / "ok")
     load_dataset("btad", root, ["02"])
-    assert "2 masks belong to defect-free test images" in capsys.readouterr().err
+    assert "2 masks belong to defect-free test images and are not used" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fault,names", [

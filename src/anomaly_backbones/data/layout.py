@@ -63,7 +63,8 @@ class Scan:
                   f"subfolders, broken links): {eg(self.skipped)}", file=sys.stderr)
         if self.good_masks:
             n = len(self.good_masks)
-            print(f"warning: {n} {'mask belongs' if n == 1 else 'masks belong'} to defect-free test images and are not used "
+            verbs = ("mask belongs", "is") if n == 1 else ("masks belong", "are")
+            print(f"warning: {n} {verbs[0]} to defect-free test images and {verbs[1]} not used "
                   f"(those images count as defect-free, with an empty mask): {eg(self.good_masks)}", file=sys.stderr)
 
 
