@@ -6,6 +6,7 @@ free memory read for the memory guards.
     device_name(dev)                  # "NVIDIA H200" / the CPU's model name
     free_bytes(dev)                   # the GPU's free memory; None on the CPU (the RSS guard applies)
     synchronize(dev); peak_bytes(dev) # timing and peak memory of GPU work
+    model_device(model)               # where a model's parameters are
     autocast(dev, "bfloat16")         # reduced-precision forward pass; "float32" is a no-op
 
 One code path: methods and the extractor take a device and move their inputs with `to_device`;
@@ -114,6 +115,11 @@ def autocast(dev: torch.device, precision: str = "float32"):
         raise UserError("`extract.precision` = float16 needs a GPU (CPU autocast supports bfloat16); "
                         "use bfloat16 or float32.")
     return torch.autocast(dev.type, dtype=getattr(torch, precision))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's parameters are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def to_device(x, dev: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .device import autocast, to_device
+from .device import autocast, model_device, to_device
 from .errors import UserError
 
 WORKING = 4       # activations alive at once in the tail, in units of its largest (as extractor.WORKING)
@@ -32,11 +32,6 @@ CHECK_TOL = 1e-5  # largest |tail - trunk| on the check images, relative to the 
 
 def _parent(name: str) -> str:
     return name.rpartition(".")[0]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters are (the CPU for a model without any)."""
-    return next(model.parameters(), torch.empty(0)).device
 
 
 def last_stage(model: nn.Module, layers: list[str]) -> str:

@@ -156,13 +156,8 @@ class ImageMethod(Method):
         """(B, 3, S, S) float network input of images[idx] (all when idx is None), on self.device:
         the uint8 pixels are moved, then normalized there."""
         x = np.ascontiguousarray(images if idx is None else images[idx])
-        return self.normalized(to_device(torch.from_numpy(x.copy()), self.device).permute(0, 3, 1, 2))
-
-    def normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """backbones.normalize of (B, 3, S, S) uint8 pixels, its mean and std on x's device."""
-        mean, std = (to_device(torch.as_tensor(v, dtype=torch.float32), x.device)
-                     for v in (self.backbone.mean, self.backbone.std))
-        return normalize(x, mean, std)
+        x = to_device(torch.from_numpy(x.copy()), self.device).permute(0, 3, 1, 2)
+        return normalize(x, self.backbone.mean, self.backbone.std)   # mean and std made on x's device
 
     def embed(self, data: ImageSet, idx: np.ndarray, key: str | None = None) -> torch.Tensor:
         """Trunk features (B, C) of data.images[idx], with autograd; from the prefix cache when

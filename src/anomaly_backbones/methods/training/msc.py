@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...backbones import normalize
 from ...device import to_device
 from .base import ImageMethod, ImageSet
 from ..knn import dn2_scores
@@ -82,7 +83,7 @@ class MeanShifted(ImageMethod):
         are then moved)."""
         x = torch.from_numpy(np.ascontiguousarray(images).copy()).permute(0, 3, 1, 2)
         x = torch.stack([self.augment(im) for im in x])
-        return self.normalized(to_device(x, self.device))
+        return normalize(to_device(x, self.device), self.backbone.mean, self.backbone.std)
 
     def step(self, train: ImageSet, idx: np.ndarray) -> float:
         images = train.images[idx]

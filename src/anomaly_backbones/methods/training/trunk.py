@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ...backbones import get_entry
+from ...device import model_device
 from ...errors import UserError
 
 
@@ -47,12 +48,6 @@ def run_until(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Ten
     return captured["x"]
 
 
-def _device(model: nn.Module) -> torch.device:
-    """Where the model's parameters are (the CPU for a model without any)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def forward_order(model: nn.Module, image_size: int) -> tuple[list[str], dict[str, int]]:
     """Names of the model's modules in the order their forward passes end, and each one's output
     elements per image (one probe image of `image_size` px, on the model's device)."""
@@ -68,7 +63,7 @@ def forward_order(model: nn.Module, image_size: int) -> tuple[list[str], dict[st
                for name, m in model.named_modules() if name]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size, device=_device(model)))
+            model(torch.zeros(1, 3, image_size, image_size, device=model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -135,7 +130,7 @@ class Trunk(nn.Module):
         self.prefix: PrefixCache | None = None
         self.train(False)
         with torch.no_grad():
-            self.dim = int(self(torch.zeros(1, 3, image_size, image_size, device=_device(model))).shape[1])   # C of the features
+            self.dim = int(self(torch.zeros(1, 3, image_size, image_size, device=model_device(model))).shape[1])   # C of the features
 
     def train(self, mode: bool = True):
         """Always eval: BatchNorm statistics frozen, dropout and drop-path off (see the module doc)."""
