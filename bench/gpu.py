@@ -19,9 +19,9 @@ the prepare stage does to a generated PNG (its resize to the image's own size is
 without writing and decoding 5,354 PNGs: "generate" is the drawing, "prepare" the crop.
 
 Per backbone: load_backbone + make_extractor ("load"); the forward pass alone (images already on
-the device as uint8, `ext.forward_device` when the extractor has it, else `ext.pixels` on an
-in-memory batch, which on a GPU includes the host<->device copies: the JSON's forward_how says
-which); then per category the extract stage's work (ext.pixels and FeatureWriter into a temporary
+the device as uint8, `ext.forward_device` of the eager extractor; ONNX Runtime, on the CPU only,
+has none: `ext.pixels` on an in-memory batch; the JSON's forward_how says which); then per
+category the extract stage's work (ext.stream and FeatureWriter into a temporary
 cache, `--cache-dtype`), every method's fit and predict on that cache (get_method(name)(params,
 layers, seed, device), params validated and resolved as the fit stage does), the image metrics
 and (unless --no-pixel-metrics) the pixel metrics; then the category's cache is deleted, so the
@@ -35,7 +35,7 @@ to download); weights not on this machine: random init, said in a note and in th
 timed); the JSON is rewritten after every category, so a run killed later keeps what it measured.
 
 Table: per backbone a row "(extract)" and one per method (and "all" methods). Figures: images/s
-of the forward pass and of extract (its loop: ext.pixels and the cache writes); seconds of each
+of the forward pass and of extract (its loop: ext.stream and the cache writes); seconds of each
 stage summed over the categories; peak memory of the row's step (extract, or the method's fit +
 predict; "all": the largest) (GPU: torch's peak allocation, device.peak_bytes; CPU: the process's
 peak RSS, VmHWM, reset before each step); end to end (generate + prepare + load + extract, plus
@@ -48,7 +48,6 @@ docs/performance.md, "bench/gpu.py".
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shutil
 import sys
@@ -149,15 +148,15 @@ def peak(dev: torch.device) -> int:
 def forward_rate(ext, images: np.ndarray, batch_size: int, dev: torch.device, n_images: int) -> tuple[float, str]:
     """Images/s of the forward pass alone over at least `n_images` images (batches of one
     in-memory batch, two untimed calls first): ext.forward_device on a uint8 batch already on
-    the device where the extractor has it, else ext.pixels on the host batch (on a GPU that
-    includes both copies, said in the returned description)."""
+    the device where the extractor has it, else (ONNX Runtime, CPU only) ext.pixels on the host
+    batch, said in the returned description."""
     batch = np.ascontiguousarray(images[:batch_size])
     if hasattr(ext, "forward_device"):
         x = D.to_device(torch.from_numpy(batch), dev)
         call, how = (lambda: ext.forward_device(x)), "forward_device (uint8 batch on the device)"
     else:
         call = (lambda: ext.pixels(batch))
-        how = "pixels on an in-memory batch" + (" (host<->device copies included)" if dev.type == "cuda" else "")
+        how = "pixels on an in-memory batch"
     for _ in range(2):
         call()
     D.synchronize(dev)
@@ -170,18 +169,15 @@ def forward_rate(ext, images: np.ndarray, batch_size: int, dev: torch.device, n_
 
 
 def extract(ext, images: np.ndarray, batch_size: int, writer: FeatureWriter, split: str) -> tuple[float, float]:
-    """The extract stage's loop (ext.pixels, then FeatureWriter.write) -> (seconds, of which ext.pixels)."""
-    total = pixels = 0.0
-    for s in range(0, len(images), batch_size):
-        t0 = time.perf_counter()
-        feats = ext.pixels(images[s:s + batch_size])
-        t1 = time.perf_counter()
-        if s == 0:
+    """The extract stage's loop (ext.stream, then FeatureWriter.write) -> (seconds, of which the
+    extractor's: copies, normalization and forward pass)."""
+    pixels, t0 = 0.0, time.perf_counter()
+    for rows, feats, seconds in ext.stream(images, batch_size):
+        if rows.start == 0:
             writer.open(split, len(images), {k: tuple(v.shape[1:]) for k, v in feats.items()})
         writer.write(split, feats)
-        pixels += t1 - t0
-        total += time.perf_counter() - t0
-    return total, pixels
+        pixels += seconds
+    return time.perf_counter() - t0, pixels
 
 
 def fit_predict(method: str, p: dict, cache: Path, data: dict, dev: torch.device, pixel: bool) -> dict:
@@ -231,12 +227,8 @@ def load(spec: str, args, dev: torch.device) -> tuple:
         given.setdefault(group, {})[k] = value
     p = validate(given)
     layers = resolve(p)["cache_layers"]
-    accepts = inspect.signature(make_extractor).parameters
-    kw = {k: v for k, v in (("device", dev), ("precision", args.precision)) if k in accepts}
-    if dev.type != "cpu" and "device" not in accepts or args.precision != "float32" and "precision" not in accepts:
-        raise UserError(f"make_extractor in this tree takes no device/precision (it has {list(accepts)}): run "
-                        f"--device cpu --precision float32, or use a tree with the GPU extractor.")
-    ext, engine = make_extractor(bb.model, layers, bb.name, args.engine, args.crop, bb.mean, bb.std, **kw)
+    ext, engine = make_extractor(bb.model, layers, bb.name, args.engine, args.crop, bb.mean, bb.std,
+                                 device=dev, precision=args.precision)
     return bb, p, layers, ext, engine, note
 
 

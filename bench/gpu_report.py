@@ -2,7 +2,7 @@
 
 Targets (met / missed; those that depend on the data's size are judged at MVTec AD's size only:
 scale 1, crop 224, all 15 categories, else "n/a" with the measured figure):
-- per backbone: extract's images/s (ext.pixels and the cache writes) >= 80% of the forward pass's;
+- per backbone: extract's images/s (ext.stream and the cache writes) >= 80% of the forward pass's;
 - PaDiM on wide_resnet50_2 (layer1-3, d=550, 56x56 grid): fit + predict of all categories < 60 s;
 - SPADE (exact k-NN) on wide_resnet50_2: predict < 50 ms per test image;
 - wide_resnet50_2 with the four methods: end to end < 10 minutes.

@@ -60,6 +60,30 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x.float() / 255.0 - mean) / std
 
 
+def stream_batches(submit, collect, images: np.ndarray, batch_size: int, ahead: int = 0
+                   ) -> Iterator[tuple[slice, dict[str, torch.Tensor], float]]:
+    """The one batch loop of every extractor's `stream`: submit(uint8 batch) queues a batch's
+    work, collect(what submit returned) gives its features; (rows, features, seconds) per batch,
+    in order, with up to `ahead` later batches submitted before one is collected. `seconds`:
+    host wall time in submit and collect since the previous batch was handed over (reading
+    `images` not counted)."""
+    queue: deque = deque()
+    spent = 0.0
+    for s in [*range(0, len(images), batch_size), None]:   # None: collect what is still queued
+        if s is not None:
+            rows = slice(s, min(s + batch_size, len(images)))
+            batch = np.array(images[rows])
+            t = time.perf_counter()
+            queue.append((rows, submit(batch)))
+            spent += time.perf_counter() - t
+        while queue and (s is None or len(queue) > ahead):
+            t = time.perf_counter()
+            rows, pending = queue.popleft()
+            feats = collect(pending)
+            yield rows, feats, spent + time.perf_counter() - t
+            spent = 0.0
+
+
 class _Done(Exception):
     """Raised from a hook once every requested layer has been captured; caught in __call__."""
 
@@ -209,26 +233,7 @@ class FeatureExtractor:
         since the previous batch was handed over; reading `images` is not counted (ahead 0: the
         batch's forward pass; ahead > 0: the part of the device's work the caller did not hide).
         Features are the same bits whatever `ahead` is."""
-        queue: deque = deque()
-        spent = 0.0
-        for s in range(0, len(images), batch_size):
-            rows = slice(s, min(s + batch_size, len(images)))
-            batch = np.array(images[rows])
-            t = time.perf_counter()
-            queue.append((rows, self._submit(batch)))
-            spent += time.perf_counter() - t
-            if len(queue) > ahead:
-                t = time.perf_counter()
-                rows, pending = queue.popleft()
-                feats = self._collect(pending)
-                yield rows, feats, spent + time.perf_counter() - t
-                spent = 0.0
-        while queue:
-            t = time.perf_counter()
-            rows, pending = queue.popleft()
-            feats = self._collect(pending)
-            yield rows, feats, spent + time.perf_counter() - t
-            spent = 0.0
+        return stream_batches(self._submit, self._collect, images, batch_size, ahead)
 
     def probe(self, image_size: int) -> tuple[int, int, int]:
         """(largest module output, all hooked outputs, largest hooked output) in elements per

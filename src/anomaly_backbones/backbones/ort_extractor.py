@@ -14,7 +14,6 @@ auto means eager PyTorch (FeatureExtractor on the device, under autocast) and `o
 from __future__ import annotations
 
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from torch import nn
 from ..device import PRECISIONS
 from ..errors import UserError
 from ..resources import usable_cpus
-from .extractor import FeatureExtractor, extract_bytes, normalize
+from .extractor import FeatureExtractor, extract_bytes, normalize, stream_batches
 
 ENGINES = ("auto", "onnx", "eager")
 ORT_BATCH = 8    # images per ONNX Runtime call: its arena keeps every activation of a call, so the
@@ -130,12 +129,7 @@ class OnnxExtractor:
     def stream(self, images: np.ndarray, batch_size: int):
         """(rows, features, seconds) per batch, as FeatureExtractor.stream on the CPU (seconds: the
         pixels call alone, reading `images` not counted)."""
-        for s in range(0, len(images), batch_size):
-            rows = slice(s, min(s + batch_size, len(images)))
-            batch = np.array(images[rows])
-            t = time.perf_counter()
-            feats = self.pixels(batch)
-            yield rows, feats, time.perf_counter() - t
+        return stream_batches(self.pixels, lambda feats: feats, images, batch_size)
 
     def device_bytes(self, batch_size: int, image_size: int) -> None:
         return None   # the CPU: estimate_bytes is the whole story
