@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import PRECISIONS
+from ..device import autocast
 from ..errors import UserError
 from ..resources import usable_cpus
 from .extractor import FeatureExtractor, extract_bytes, normalize, stream_batches
@@ -168,16 +168,15 @@ def make_extractor(model: nn.Module, layers: list[str], name: str, engine: str, 
     auto means eager and `onnx` is a UserError naming the fix. The model is moved to `device`."""
     if engine not in ENGINES:
         raise UserError(f"`extract.engine` is {engine!r}; choose one of {', '.join(ENGINES)}.")
-    if precision not in PRECISIONS:
-        raise UserError(f"`extract.precision` is {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     device = torch.device(device)
+    autocast(device, precision)   # the one check of `extract.precision` (float16 on the CPU included)
     if engine == "onnx" and device.type != "cpu":
         raise UserError(f"`extract.engine` = onnx runs ONNX Runtime on the CPU, but `device` is {device}; "
                         f"set `extract.engine: auto` (eager PyTorch on the GPU) or `device: cpu`.")
     if engine == "onnx" and precision != "float32":
         raise UserError(f"`extract.engine` = onnx has no {precision} (ONNX Runtime has no autocast); set "
                         f"`extract.engine: auto` (eager PyTorch) or `extract.precision: float32`.")
-    # validates the layer names (and the precision on the device) first, for every engine
+    # validates the layer names first, for every engine
     eager = FeatureExtractor(model, layers, mean, std, device, precision)
     if engine == "eager" or device.type != "cpu" or precision != "float32":
         return eager, "eager"
