@@ -21,10 +21,9 @@ from anomaly_backbones.device import autocast, resolve_device, to_device
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.params import set_params, validate
 from anomaly_backbones.pooling import Tail, last_stage
-from conftest import ROOT
+from conftest import DEVICES, ROOT
 
 NO_GPU = not torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(NO_GPU, reason="no GPU"))]
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 SIZE = 64
 BF16_DRIFT = 0.1   # largest relative L2 difference of a bfloat16 layer from float32 (lite0 measures 0.02-0.04)
