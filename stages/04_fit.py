@@ -16,8 +16,10 @@ from anomaly_backbones.data.prepare import load_prepared, read_samples
 from anomaly_backbones.device import device_name, resolve_device, use_device
 from anomaly_backbones.features import FeatureSet
 from anomaly_backbones.files import read_json, replacing, write_json
+from anomaly_backbones.holdout import fit_split
 from anomaly_backbones.methods import get_method
 from anomaly_backbones.metrics import PIXEL_KEYS, image_metrics, pixel_metrics, pixel_metrics_bytes, roc_curve
+from anomaly_backbones.metrics.threshold import threshold_entry
 from anomaly_backbones.params import load_params, resolve
 from anomaly_backbones.resources import BASELINE_BYTES, check_memory, load_1m, peak_rss_mb, usable_cpus
 from anomaly_backbones.runner import run
@@ -39,11 +41,13 @@ def fit_category(method: str, p: dict, name: str, label: str, dev="cpu") -> dict
         check_memory(BASELINE_BYTES + 5.0 * pixels + pixel_metrics_bytes(pixels, int(np.count_nonzero(masks))),
                      f"pixel metrics on {name} ({len(test)} test images of {test.image_size} px)",
                      "lower `data.crop` (memory grows with pixels per image).")
+    fit_set, held = fit_split(train, p)   # threshold.holdout 0: (train, None)
     t0 = time.perf_counter()
-    m.fit(train)
+    m.fit(fit_set)
     t1 = time.perf_counter()
     scores, maps = m.predict(test)
     t2 = time.perf_counter()
+    held_scores, held_maps = m.predict(held) if held is not None else (None, None)
     backbone_ms = train.meta["ms_per_image"]
     if m.level == "image":   # an image-level method's features also need the network past the cached layers
         backbone_ms += train.meta.get("pooled_ms_per_image", 0.0)
@@ -55,6 +59,8 @@ def fit_category(method: str, p: dict, name: str, label: str, dev="cpu") -> dict
     res.update(fit_s=t1 - t0, predict_ms_per_image=1000.0 * (t2 - t1) / len(test),
                backbone_ms_per_image=backbone_ms,
                roc={"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})
+    if held is not None:
+        res["threshold"] = threshold_entry(p["threshold"]["fpr"], held_scores, labels, scores, held_maps, masks, maps)
     with replacing(OUT / method / f"{name}.npz", "wb") as f:
         arrays = {"scores": scores.astype(np.float32)}
         if maps is not None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from anomaly_backbones.files import read_json, replacing, write_json
 from anomaly_backbones.metrics import IMAGE_KEYS, IMAGE_VAR_KEY, PIXEL_KEYS, mean_interval
+from anomaly_backbones.metrics.threshold import threshold_means
 from anomaly_backbones.params import load_params
 from anomaly_backbones.resources import cpu_model, usable_cpus
 from anomaly_backbones.runner import run
@@ -46,6 +47,7 @@ def summarize(cats: dict) -> dict:
     lo, hi = mean_interval([c["image_auroc"] for c in defined], [c.get(IMAGE_VAR_KEY) for c in defined])
     out["image_auroc_lo"] = None if lo is None else round(lo, 6)
     out["image_auroc_hi"] = None if hi is None else round(hi, 6)
+    out.update(threshold_means(cats))   # nothing without a calibrated threshold (threshold.holdout 0)
     return out
 
 

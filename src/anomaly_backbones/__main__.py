@@ -1,4 +1,4 @@
-"""`python -m anomaly_backbones <command>`: backbones | show | report | sweep | pr-comment | download.
+"""`python -m anomaly_backbones <command>`: backbones | show | report | recommend | sweep | pr-comment | download.
 
 Output into a pipe that closes early (`... | head -1`) ends the command quietly (exit 1, no traceback).
 """
@@ -13,8 +13,10 @@ USAGE = """usage: python -m anomaly_backbones <command> [options]
 
 commands:
   backbones [--family F] [--json]   list the backbone registry (layers, dim, d, params, offline weights)
-  show [-A] [--width N]             the runs compared (HEAD, experiments, workspace): ROC-AUC and AUPRO per method
+  show [-A] [--width N] [--dataset D]  the runs compared (HEAD, experiments, workspace): ROC-AUC and AUPRO per method
   report [--out reports]            gather finished runs into tables, plots and one reports/index.html
+  recommend [--dataset D] [--metric M] [--max-ms X] [--max-mb X] [--max-peak-mb X] [--json FILE]
+                                    the configuration to deploy, the runner-up, DeLong's paired test between them
   sweep (--family F | --backbones a,b | --all) [--init random] [-S k=v] [-j N] [--dry-run]
                                     queue one DVC experiment per backbone and run the queue
   pr-comment [--base main]          PR comment from dvc metrics diff / dvc params diff
@@ -29,6 +31,8 @@ def _command(cmd: str, rest: list[str]):
         from .report.show import main_show as main
     elif cmd == "report":
         from .report import main_report as main
+    elif cmd == "recommend":
+        from .line.recommend import main_recommend as main
     elif cmd == "sweep":
         from .sweep import main_sweep as main
     elif cmd == "pr-comment":

@@ -72,4 +72,9 @@ GROUPS = {
         "runs": Param(10, int, low=0, help="timed calls per setting; 0 skips the measurement"),
         "warmup": Param(2, int, low=0),
     },
+    "threshold": {
+        "holdout": Param(0.0, float, low=0.0, high=0.9, help="share of train/good held out (seeded) to calibrate "
+                                                             "the decision threshold; 0 = no threshold"),
+        "fpr": Param(0.01, float, low=0.0, high=0.5, low_open=True, help="target false-alarm rate on good parts"),
+    },
 }

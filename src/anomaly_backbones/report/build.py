@@ -40,7 +40,7 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
     foot = random_footnote(rows, reg)
 
     pages: list[tuple[str, str]] = []
-    table_links = []
+    table_links, inline_tables = [], []
     for name, t in family_tables(rows, g.common).items():
         md = f"# Backbone family: {name}\n\n" + t["md"] + "\n\n" + TABLE_NOTE + "\n"
         if foot and any(r["random_init"] for r in t["csv"]):
@@ -54,6 +54,7 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
         table_links.append(f"- **{name}**: [table]({rel}) · [CSV](tables/{slug(name)}.csv) "
                            f"({n} row{'s' if n != 1 else ''}"
                            + (f", {n_rnd} random init {RANDOM_MARK}" if n_rnd else "") + ")")
+        inline_tables += [f"### {name}", "", f"[CSV](tables/{slug(name)}.csv)", "", t["md"], ""]
 
     prow = pareto_rows(rows)
     write_csv(out / "pareto.csv", prow)
@@ -88,6 +89,8 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
                       + ".", ""]
     lines += ["The baseline is HEAD's committed run; the `variant` column shows the params (besides backbone and "
               "init) that differ between the runs on one dataset.", ""]
+    lines += recommendation_section(root, g)
+    tables_at = len(lines)
     lines += ["## Tables per backbone family", ""] + (table_links or ["_No finished runs._"]) + [""]
     lines += ["All results in one file: [runs.csv](runs.csv) (one row per run and method, every metric, the host "
               "that timed it, trunk and full parameter counts, the commit and baseline).", ""]
@@ -122,8 +125,28 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
         lines += ["## Not included", ""] + [f"- `{name}`: {why}" for name, why in g.skipped] + [""]
     index = "\n".join(lines)
     (out / "README.md").write_text(index)
-    write_index_html(out, [("README.md", index)] + pages + [("per_category.md", pc_md)])
+    # the page shows the family tables inline (sortable by a click on a column), not as links to Markdown
+    page = lines[:tables_at] + ["## Tables per backbone family", "",
+                                "Click a column's header to sort by it.", ""] \
+        + (inline_tables or ["_No finished runs._", ""]) + lines[tables_at + 2 + len(table_links or [0]) + 1:]
+    write_index_html(out, [("README.md", "\n".join(page)), ("per_category.md", pc_md)])
     return out
+
+
+def recommendation_section(root: Path, g) -> list[str]:
+    """`## Recommendation`: per dataset, line.recommend's answer without budgets (the paired test
+    where the runs' per-image scores are readable)."""
+    from ..errors import UserError
+    from ..line.recommend import recommendation_for, text_lines
+
+    lines = ["## Recommendation", ""]
+    for ds in sorted({r.dataset for r in g.runs}):
+        try:
+            lines += text_lines(recommendation_for(root, g.runs, ds)) + [""]
+        except UserError as e:
+            lines += [f"`{ds}`: no recommendation ({e})", ""]
+    lines += ["Budgets and JSON: `python -m anomaly_backbones recommend --dataset NAME --max-ms X --json FILE`.", ""]
+    return lines if g.runs else []
 
 
 def main_report(argv: list[str] | None = None) -> None:

@@ -2,8 +2,10 @@
 
 write_index_html(out, pages) renders the report's Markdown pages (the index, the family tables, the
 appendix) one after the other, with every image the pages show (Pareto plots, overlays) inlined as a
-`data:` URI and links between the pages turned into links within the page. No script, no style sheet or
-font from elsewhere: the page opens offline, and can be mailed or attached as one file. Links to the CSV
+`data:` URI and links between the pages turned into links within the page. One short inline script
+(SORT_SCRIPT: a click on a table's header sorts its rows by that column, numbers as numbers); no
+script, style sheet or font from elsewhere: the page opens offline, and can be mailed or attached as
+one file. Links to the CSV
 files stay relative (they lie beside it).
 """
 from __future__ import annotations
@@ -21,6 +23,24 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
 th { background: #f3f3f3; } td[style*="right"] { font-variant-numeric: tabular-nums; }
 img { max-width: 100%; } section { border-top: 2px solid #ddd; margin-top: 2em; }
 code { background: #f6f6f6; padding: 0 0.2em; }
+"""
+
+SORT_SCRIPT = """
+document.querySelectorAll("table").forEach(function (t) {
+  t.querySelectorAll("th").forEach(function (th, i) {
+    th.style.cursor = "pointer"; th.title = "sort";
+    th.addEventListener("click", function () {
+      var body = t.tBodies[0], rows = Array.from(body.rows), up = th.dataset.dir !== "up";
+      var key = function (r) { var s = (r.cells[i] || {}).textContent || "", v = parseFloat(s);
+                               return isNaN(v) ? s : v; };
+      rows.sort(function (a, b) { var x = key(a), y = key(b);
+        var c = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+        return up ? c : -c; });
+      th.dataset.dir = up ? "up" : "down";
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
 """
 
 
@@ -53,7 +73,7 @@ def write_index_html(out: Path, pages: list[tuple[str, str]], title: str = "Back
         base = (out / name).parent
         body.append(f'<section id="{anchor(name)}">\n{_inline(md.render(text), base)}</section>')
     page = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}"
-            f"</title>\n<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+            f"</title>\n<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + f"\n<script>{SORT_SCRIPT}</script>\n</body>\n</html>\n")
     path = out / "index.html"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -7,7 +7,9 @@
 One line per run (the same runs as the report: HEAD's committed run marked *, the base branch's, the
 experiments, the workspace), then per method image ROC-AUC, pixel ROC-AUC and AUPRO. It fits --width
 columns (default: the terminal's, 120 when not a terminal): text columns are shortened with "…", and
-methods that do not fit go to a second block of the same rows.
+methods that do not fit go to a second block of the same rows. Runs are only comparable within one
+dataset: with runs on several, one block per dataset under a `dataset: <name>` line; `--dataset NAME`
+shows that one only.
 """
 from __future__ import annotations
 
@@ -84,6 +86,23 @@ def show_lines(runs: list[Run], width: int = 120) -> list[str]:
     return lines
 
 
+def dataset_blocks(runs: list[Run], width: int, dataset: str | None = None) -> list[str]:
+    """show_lines per dataset (a `dataset: <name>` line above each when there are several), or only
+    `dataset`'s runs; UserError for a dataset no run is on."""
+    found = list(dict.fromkeys(r.dataset for r in runs))
+    if dataset is not None:
+        if dataset not in found:
+            raise UserError(f"--dataset {dataset}: no finished run on it (runs are on: {', '.join(found) or 'none'})")
+        found = [dataset]
+    if not found:
+        return ["no finished runs (`dvc repro` or `dvc exp run` make one)."]
+    lines: list[str] = []
+    for ds in found:
+        block = show_lines([r for r in runs if r.dataset == ds], width)
+        lines += ([""] if lines else []) + ([f"dataset: {ds}"] if len(found) > 1 or dataset else []) + block
+    return lines
+
+
 def main_show(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones show",
                                  description="The runs the report compares (HEAD's committed run, the base "
@@ -94,6 +113,8 @@ def main_show(argv: list[str] | None = None) -> None:
     ap.add_argument("--base", default=None, help="base branch (default: origin/HEAD, else main, else master)")
     ap.add_argument("--width", type=int, default=None,
                     help="line width (default: the terminal's; 120 when the output is not a terminal)")
+    ap.add_argument("--dataset", default=None, help="only the runs on this dataset (default: every dataset, "
+                                                    "one block each)")
     ap.add_argument("--repo", default=".", help="project root (default: the current folder)")
     a = ap.parse_args(argv or [])
     root = Path(a.repo)
@@ -101,10 +122,7 @@ def main_show(argv: list[str] | None = None) -> None:
         raise UserError(f"{root.resolve()} has no dvc.yaml: run from the project root or pass --repo.")
     width = a.width or (shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120)
     g = gather(root, all_commits=a.all_commits, base=a.base)
-    if not g.runs:
-        print("no finished runs (`dvc repro` or `dvc exp run` make one).")
-    else:
-        print("\n".join(show_lines(g.runs, max(width, 40))))
+    print("\n".join(dataset_blocks(g.runs, max(width, 40), a.dataset)))
     print(textwrap.fill(f"* = baseline (HEAD's committed run). img/pix = image/pixel ROC-AUC, pro = AUPRO; "
                         f"{NOT_APPLICABLE} = not applicable, empty = not recorded.", max(width, 40)))
     if g.skipped:

@@ -1,0 +1,131 @@
+"""Deployable scorers besides PaDiM's (deploy.PadimScorer): raw uint8 image -> (maps, scores), each
+the same computation as its method's predict on the feature cache, in torch ops that export to ONNX.
+
+  PatchCoreScorer  trunk -> PatchCore.embed's 3x3 average, bilinear resize, concatenation and
+                   channel pooling -> nearest bank vector (exact, as methods.patchcore.nearest)
+                   -> the paper's reweighted image score -> bilinear upsampling + blur
+  DN2Scorer        trunk up to the pooled layers -> global average pools -> sum of squared
+                   distances to the k nearest training vectors (float64, as methods.knn); no map:
+                   the map output is the score broadcast over the image, flagged as such
+  DeployModel      any of them + the calibrated threshold: (map, score, decision = score > t)
+
+build_scorer(method_name, backbone, fitted, image_size) picks one. SPADE (its gallery is every
+training feature map) and the training-based methods are not exported (export.py says why).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone, normalize
+from ..backbones.ort_extractor import trunk
+from ..errors import UserError
+from ..methods.common import upsample_blur
+
+
+class _Input(nn.Module):
+    def __init__(self, backbone: Backbone, layers: list[str]):
+        super().__init__()
+        self.trunk = trunk(backbone.model, layers, backbone.name)
+        self.register_buffer("pixel_mean", torch.tensor(backbone.mean, dtype=torch.float32))
+        self.register_buffer("pixel_std", torch.tensor(backbone.std, dtype=torch.float32))
+
+    def features(self, image: torch.Tensor) -> dict:
+        x = normalize(image, self.pixel_mean, self.pixel_std) if image.dtype == torch.uint8 else image
+        return self.trunk(x)
+
+
+class PatchCoreScorer(_Input):
+    """image (1, 3, S, S) -> (map (1, S, S), score (1,)); batch 1 (a line scores one part at a time)."""
+
+    def __init__(self, backbone: Backbone, pc, image_size: int):
+        super().__init__(backbone, list(pc.layers))
+        self.layers, self.dim, self.sigma = list(pc.layers), int(pc.dim), float(pc.sigma)
+        self.size, self.neighbors = int(image_size), int(pc.neighbors)
+        self.register_buffer("bank", pc.bank.float().cpu())
+        self.register_buffer("bank_sq", (self.bank * self.bank).sum(1))
+
+    def forward(self, image: torch.Tensor):
+        feats = self.features(image)
+        maps = [F.avg_pool2d(feats[name], 3, 1, 1) for name in self.layers]
+        h, w = max((tuple(m.shape[-2:]) for m in maps), key=lambda s: s[0] * s[1])
+        maps = [m if tuple(m.shape[-2:]) == (h, w) else F.interpolate(m, size=(h, w), mode="bilinear",
+                                                                      align_corners=False) for m in maps]
+        e = torch.cat(maps, 1)
+        c = e.shape[1]
+        e = e.permute(0, 2, 3, 1).reshape(-1, c)
+        if c > self.dim:
+            e = F.adaptive_avg_pool1d(e.unsqueeze(1), self.dim).squeeze(1)
+        d2 = torch.addmm(self.bank_sq.unsqueeze(0), e, self.bank.t(), beta=1.0, alpha=-2.0)
+        v, nn_idx = d2.min(1)
+        dist = (v + (e * e).sum(1)).clamp_min(0.0).sqrt()                     # (P,)
+        i = torch.argmax(dist)
+        s_star = dist[i]
+        if self.neighbors <= 1:
+            score = s_star
+        else:
+            k = min(self.neighbors, self.bank.shape[0])
+            j = nn_idx[i]
+            mj = self.bank[j]
+            d_star = self.bank_sq - 2.0 * (self.bank @ mj) + self.bank_sq[j]
+            d_star = torch.where(torch.arange(self.bank.shape[0]) == j, torch.full_like(d_star, -1.0), d_star)
+            support = torch.topk(d_star, k, largest=False, sorted=True).indices
+            d_test = ((self.bank[support] - e[i]) ** 2).sum(1).sqrt()
+            score = (1.0 - torch.softmax(d_test.double(), 0)[0]).float() * s_star
+        grid = dist.reshape(1, h, w)
+        return upsample_blur(grid, self.size, self.sigma), score.reshape(1)
+
+
+class DN2Scorer(_Input):
+    """image (1, 3, S, S) -> (map (1, S, S) = the score everywhere, score (1,))."""
+
+    def __init__(self, backbone: Backbone, dn2, image_size: int):
+        super().__init__(backbone, list(dn2.layers))
+        self.layers, self.k, self.size = list(dn2.layers), int(dn2.k), int(image_size)
+        bank = torch.as_tensor(dn2.bank, dtype=torch.float64)
+        self.register_buffer("bank", bank)
+        self.register_buffer("bank_sq", (bank * bank).sum(1))
+
+    def forward(self, image: torch.Tensor):
+        feats = self.features(image)
+        x = torch.cat([feats[name].float().mean((2, 3)) for name in self.layers], 1).double()
+        d2 = (self.bank_sq.unsqueeze(0) - 2.0 * x @ self.bank.t() + (x * x).sum(1, keepdim=True)).clamp_min(0.0)
+        score = torch.topk(d2, self.k, dim=1, largest=False).values.sum(1).float()
+        return score.reshape(1, 1, 1).expand(1, self.size, self.size), score
+
+
+class DeployModel(nn.Module):
+    """scorer + threshold -> (map, score, decision): decision = score > threshold (bool)."""
+
+    def __init__(self, scorer: nn.Module, threshold: float):
+        super().__init__()
+        self.scorer = scorer
+        self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
+
+    def forward(self, image: torch.Tensor):
+        maps, scores = self.scorer(image)
+        return maps, scores, scores > self.threshold
+
+
+def build_scorer(method: str, backbone: Backbone, fitted, image_size: int) -> nn.Module:
+    """The deployable scorer of a fitted method; UserError for a method without one."""
+    if method == "padim":
+        from ..deploy import PadimScorer
+
+        return PadimScorer(backbone, fitted, image_size)
+    if method == "patchcore":
+        return PatchCoreScorer(backbone, fitted, image_size)
+    if method == "dn2":
+        return DN2Scorer(backbone, fitted, image_size)
+    raise UserError(f"method {method!r} has no deployable export here: {NOT_EXPORTED.get(method, 'not a cache method')}")
+
+
+NOT_EXPORTED = {
+    "spade": "its pixel gallery is every training feature map of the k nearest training images, chosen per "
+             "test image (data-dependent gather over the whole training set); not done yet",
+    "cflow": "its normalizing flows export, but not done yet",
+    "ocsvm": "scikit-learn's OneClassSVM; not done yet (skl2onnx would be the route)",
+    "svdd": "a kernel model from a QP solution; not done yet",
+}
+EXPORTABLE = ("padim", "patchcore", "dn2")
