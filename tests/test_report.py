@@ -260,8 +260,13 @@ def test_index_html_is_one_offline_file(repo, monkeypatch):
     page = (out / "index.html").read_text()
     assert remote_references(page) == []
     assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)   # the Pareto plot inline
-    assert 'href="#page-tables-efficientnet-lite-md"' in page and 'id="page-tables-efficientnet-lite-md"' in page
-    assert "<table>" in page and "HEAD (baseline)" in page and "<script" not in page
+    # the family tables are inline in the page (not links to Markdown files), sortable by an inline script
+    tables = page.split("<h2>Tables per backbone family</h2>")[1].split("<h2>")[0]
+    assert "<h3>efficientnet_lite</h3>" in tables and "<table>" in tables and "tf_efficientnet_lite0" in tables
+    assert 'href="tables/efficientnet_lite.csv"' in tables and ".md" not in tables
+    assert page.count("<script>") == 1 and "th.addEventListener(\"click\"" in page
+    assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Tables per backbone family</h2>")
+    assert "HEAD (baseline)" in page
     assert (out / "README.md").exists() and (out / "pareto_synthetic.png").exists()
 
 

@@ -54,7 +54,8 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
         table_links.append(f"- **{name}**: [table]({rel}) · [CSV](tables/{slug(name)}.csv) "
                            f"({n} row{'s' if n != 1 else ''}"
                            + (f", {n_rnd} random init {RANDOM_MARK}" if n_rnd else "") + ")")
-        inline_tables += [f"### {name}", "", f"[CSV](tables/{slug(name)}.csv)", "", t["md"], ""]
+        demoted = "\n".join("##" + ln if ln.startswith("#") else ln for ln in t["md"].splitlines())
+        inline_tables += [f"### {name}", "", f"[CSV](tables/{slug(name)}.csv)", "", demoted, ""]
 
     prow = pareto_rows(rows)
     write_csv(out / "pareto.csv", prow)
