@@ -1,4 +1,4 @@
-"""`python -m anomaly_backbones <command>`: backbones | show | report | recommend | sweep | pr-comment | download.
+"""`python -m anomaly_backbones <command>`: backbones | show | report | recommend | export | predict | sweep | pr-comment | download.
 
 Output into a pipe that closes early (`... | head -1`) ends the command quietly (exit 1, no traceback).
 """
@@ -17,6 +17,10 @@ commands:
   report [--out reports]            gather finished runs into tables, plots and one reports/index.html
   recommend [--dataset D] [--metric M] [--max-ms X] [--max-mb X] [--max-peak-mb X] [--json FILE]
                                     the configuration to deploy, the runner-up, DeLong's paired test between them
+  export [--method M] [--category C] [--out models] [--format onnx|openvino|all]
+                                    backbone + method + calibrated threshold as one ONNX model and a model card
+  predict MODEL IMAGES...|FOLDER --out DIR [--batch N] [--threads N]
+                                    scores, decisions (CSV) and overlays of flagged images with an exported model
   sweep (--family F | --backbones a,b | --all) [--init random] [-S k=v] [-j N] [--dry-run]
                                     queue one DVC experiment per backbone and run the queue
   pr-comment [--base main]          PR comment from dvc metrics diff / dvc params diff
@@ -33,6 +37,10 @@ def _command(cmd: str, rest: list[str]):
         from .report import main_report as main
     elif cmd == "recommend":
         from .line.recommend import main_recommend as main
+    elif cmd == "export":
+        from .line.export import main_export as main
+    elif cmd == "predict":
+        from .line.predict import main_predict as main
     elif cmd == "sweep":
         from .sweep import main_sweep as main
     elif cmd == "pr-comment":

@@ -55,23 +55,25 @@ class PadimScorer(nn.Module):
 
 # ----------------------------------------------------------------------------------------- ONNX
 
-def export_onnx(scorer: PadimScorer, path: str | Path, name: str) -> Path:
-    """Export for a batch of one uint8 image (raw pixels in, as a deployment receives them).
-    Weights go to a .data file next to the model (external data): PaDiM's inverse covariances
-    alone exceed protobuf's 2 GB for the larger backbones. A failing op is a UserError naming the
-    backbone."""
+def export_onnx(scorer: nn.Module, path: str | Path, name: str, size: int | None = None,
+                outputs: tuple[str, ...] = ("map", "score"), fix: str | None = None) -> Path:
+    """Export for a batch of one uint8 image (raw pixels in, as a deployment receives them) of
+    `size` px (default scorer.size). Weights go to a .data file next to the model (external data):
+    PaDiM's inverse covariances alone exceed protobuf's 2 GB for the larger backbones. A failing op
+    is a UserError naming the backbone and `fix` (default: the latency stage's advice)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(1, 3, scorer.size, scorer.size, dtype=torch.uint8)
+    size = int(size or scorer.size)
+    x = torch.zeros(1, 3, size, size, dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the exporter's advice on other export modes, not ours
-            torch.onnx.export(scorer, (x,), str(path), input_names=["image"], output_names=["map", "score"],
+            torch.onnx.export(scorer, (x,), str(path), input_names=["image"], output_names=list(outputs),
                               dynamo=True, external_data=True, verbose=False)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types
         raise UserError(f"backbone {name!r} does not export to ONNX: {_root_cause(e)}. "
-                        f"The `latency` stage needs an exportable backbone; for this one run "
-                        f"`dvc repro aggregate` (the quality metrics do not need that stage).") from None
+                        + (fix or "The `latency` stage needs an exportable backbone; for this one run "
+                                  "`dvc repro aggregate` (the quality metrics do not need that stage).")) from None
     return path
 
 

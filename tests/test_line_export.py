@@ -1,0 +1,127 @@
+"""End to end on a tiny pipeline run with a calibrated threshold: export each exportable method, then
+check the exported model's ONNX Runtime outputs against the pipeline's outputs/<method> (computed
+here from the files, not from export's own check), the model card, predict's CSV and its bad inputs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly_backbones.params import set_params
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+METHODS = ["padim", "patchcore", "dn2"]
+
+
+def sh(args, cwd, check=True):
+    r = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The pipeline's stages (not DVC) on one tiny synthetic category, threshold.holdout 0.25."""
+    dst = tmp_path_factory.mktemp("line") / "repo"
+    dst.mkdir()
+    for f in ("params.yaml", "stages"):
+        (shutil.copytree if (ROOT / f).is_dir() else shutil.copy)(ROOT / f, dst / f)
+    (dst / "dvc.yaml").write_text("stages: {}\n")
+    set_params(dst / "params.yaml", **{"synthetic.categories": ["disc"], "synthetic.n_train": 12,
+                                       "synthetic.n_good_test": 4, "synthetic.n_defect_test": 4,
+                                       "data.resize": 72, "data.crop": 64, "methods": METHODS,
+                                       "threshold.holdout": 0.25, "patchcore.coreset_ratio": 0.25})
+    for stage in ("01_generate", "02_prepare", "03_extract"):
+        sh([sys.executable, f"stages/{stage}.py"], dst)
+    for m in METHODS:
+        sh([sys.executable, "stages/04_fit.py", m], dst)
+    return dst
+
+
+def test_export_reproduces_the_pipeline_on_onnx_runtime(run):
+    import onnxruntime as ort
+
+    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--repo", str(run)], run)
+    assert r.stdout.count("vs pipeline on 8 test images") == len(METHODS), r.stdout
+    images = np.load(run / "data/prepared/disc/test_images.npy")
+    for m in METHODS:
+        folder = run / "models" / m / "disc"
+        card = json.loads((folder / "model.json").read_text())
+        res = json.loads((run / "outputs" / m / "results.json").read_text())["categories"]["disc"]
+        assert card["threshold"] == res["threshold"] and card["threshold"]["image"]["n_held"] == 3
+        assert card["backbone"] == "tf_efficientnet_lite0" and card["method"] == m and card["card_version"] == 1
+        z = np.load(run / "outputs" / m / "disc.npz")
+        sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert [o.name for o in sess.get_outputs()] == ["map", "score", "decision"]
+        for i, image in enumerate(images):
+            amap, score, decision = sess.run(None, {"image": image.transpose(2, 0, 1)[None].copy()})
+            want = float(z["scores"][i])
+            assert abs(float(score[0]) - want) <= 1e-4 * abs(want), (m, i, float(score[0]), want)
+            assert bool(decision[0]) == (float(score[0]) > card["threshold"]["image"]["threshold"])
+            if m != "dn2":
+                wmap = z["maps"][i].astype(np.float32)
+                assert np.abs(amap[0] - wmap).max() <= 1e-3 * np.abs(z["maps"].astype(np.float32)).max()
+
+
+def test_export_without_threshold_says_how(run, tmp_path):
+    other = tmp_path / "nothr"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("models"))
+    res = json.loads((other / "outputs/padim/results.json").read_text())
+    del res["categories"]["disc"]["threshold"]
+    (other / "outputs/padim/results.json").write_text(json.dumps(res))
+    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "padim", "--repo", str(other)], other,
+           check=False)
+    assert r.returncode != 0 and "threshold.holdout=0.1" in r.stderr and "Traceback" not in r.stderr
+    assert not (other / "models" / "padim" / "disc").exists()
+
+
+def test_predict_csv_overlays_and_bad_inputs(run, tmp_path):
+    from PIL import Image
+
+    if not (run / "models/padim/disc/model.json").exists():
+        sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "padim", "--repo", str(run)], run)
+    imgs = tmp_path / "imgs"
+    shutil.copytree(run / "data/synthetic/disc/test", imgs)
+    (imgs / "broken.png").write_bytes(b"not an image")
+    gray = next(imgs.rglob("*.png"))
+    Image.open(gray).convert("L").save(imgs / "gray.png")
+    out = tmp_path / "pred"
+    r = sh([sys.executable, "-m", "anomaly_backbones", "predict", str(run / "models/padim/disc"), str(imgs),
+            "--out", str(out), "--batch", "3"], run)
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    n = len([p for p in imgs.rglob("*.png")])
+    assert len(rows) == n and r.stdout.strip().splitlines()[-1].startswith(f"{n} images: ")
+    bad = [x for x in rows if x["status"] == "unreadable"]
+    assert [Path(x["file"]).name for x in bad] == ["broken.png"] and r.stderr.count("unreadable:") == 1
+    assert "Traceback" not in r.stderr
+    g = next(x for x in rows if x["file"].endswith("gray.png"))
+    assert g["status"] == "ok" and g["decision"] in ("good", "defect")
+    flagged = [x for x in rows if x["decision"] == "defect"]
+    assert len(list((out / "overlays").glob("*.png"))) == len(flagged) > 0
+    # predict's score for a test image = the pipeline's (same decoding as prepare, same model)
+    samples = list(csv.DictReader(open(run / "data/prepared/disc/samples.csv")))
+    test = [s for s in samples if s["split"] == "test"]
+    z = np.load(run / "outputs/padim/disc.npz")["scores"]
+    byname = {Path(x["file"]).relative_to(imgs).as_posix(): float(x["score"]) for x in rows if x["status"] == "ok"}
+    for i, s in enumerate(test):
+        key = Path(s["file"]).relative_to(run / "data/synthetic/disc/test").as_posix()
+        assert byname[key] == pytest.approx(float(z[i]), rel=1e-4)
+    # a model card from another version: one line, nothing written
+    card = json.loads((run / "models/padim/disc/model.json").read_text())
+    old = tmp_path / "old"
+    shutil.copytree(run / "models/padim/disc", old)
+    (old / "model.json").write_text(json.dumps({**card, "card_version": 0}))
+    r = sh([sys.executable, "-m", "anomaly_backbones", "predict", str(old), str(imgs), "--out", str(tmp_path / "o2")],
+           run, check=False)
+    assert r.returncode != 0 and "another version" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o2" / "predictions.csv").exists()
