@@ -60,21 +60,22 @@ class PatchCoreScorer(_Input):
         d2 = torch.addmm(self.bank_sq.unsqueeze(0), e, self.bank.t(), beta=1.0, alpha=-2.0)
         v, nn_idx = d2.min(1)
         dist = (v + (e * e).sum(1)).clamp_min(0.0).sqrt()                     # (P,)
-        i = torch.argmax(dist)
-        s_star = dist[i]
+        # 0-d tensors as indices do not export (the exporter would need their value): 1-element index_selects
+        i = torch.argmax(dist).reshape(1)
+        s_star = dist.index_select(0, i)                                        # (1,)
         if self.neighbors <= 1:
             score = s_star
         else:
             k = min(self.neighbors, self.bank.shape[0])
-            j = nn_idx[i]
-            mj = self.bank[j]
-            d_star = self.bank_sq - 2.0 * (self.bank @ mj) + self.bank_sq[j]
+            j = nn_idx.index_select(0, i)
+            mj = self.bank.index_select(0, j)[0]
+            d_star = self.bank_sq - 2.0 * (self.bank @ mj) + self.bank_sq.index_select(0, j)
             d_star = torch.where(torch.arange(self.bank.shape[0]) == j, torch.full_like(d_star, -1.0), d_star)
             support = torch.topk(d_star, k, largest=False, sorted=True).indices
-            d_test = ((self.bank[support] - e[i]) ** 2).sum(1).sqrt()
+            d_test = ((self.bank.index_select(0, support) - e.index_select(0, i)) ** 2).sum(1).sqrt()
             score = (1.0 - torch.softmax(d_test.double(), 0)[0]).float() * s_star
         grid = dist.reshape(1, h, w)
-        return upsample_blur(grid, self.size, self.sigma), score.reshape(1)
+        return upsample_blur(grid, self.size, self.sigma), score
 
 
 class DN2Scorer(_Input):
