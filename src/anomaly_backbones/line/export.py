@@ -153,6 +153,7 @@ def export_one(root: Path, p: dict, method: str, category: str, out: Path, forma
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
+        dest.chmod(0o755)   # TemporaryDirectory made it private
         tmp.mkdir()   # TemporaryDirectory removes its (now empty) path on exit
     return card
 
