@@ -92,9 +92,9 @@ def test_predict_csv_overlays_and_bad_inputs(run, tmp_path):
         sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "padim", "--repo", str(run)], run)
     imgs = tmp_path / "imgs"
     shutil.copytree(run / "data/synthetic/disc/test", imgs)
-    (imgs / "broken.png").write_bytes(b"not an image")
-    gray = next(imgs.rglob("*.png"))
+    gray = sorted(imgs.rglob("*.png"))[0]
     Image.open(gray).convert("L").save(imgs / "gray.png")
+    (imgs / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "pred"
     r = sh([sys.executable, "-m", "anomaly_backbones", "predict", str(run / "models/padim/disc"), str(imgs),
             "--out", str(out), "--batch", "3"], run)
