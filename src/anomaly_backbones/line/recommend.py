@@ -96,7 +96,10 @@ def recommend(cands: list[Candidate], load: Loader, metric: str = "image_auroc",
     excluded, kept = {}, []
     for c in cands:
         why = budget_reason(c, max_ms, device, max_mb, max_peak_mb)
-        (excluded.__setitem__(c.name, why) if why else kept.append(c))
+        if why:
+            excluded[c.name] = why
+        else:
+            kept.append(c)
     kept.sort(key=lambda c: (-c.value, c.ms if c.ms is not None else float("inf"), c.name))
     out = {"metric": metric, "metric_name": METRICS.get(metric, metric),
            "budgets": {"max_ms": max_ms, "device": device, "max_mb": max_mb, "max_peak_mb": max_peak_mb},
