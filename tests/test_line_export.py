@@ -112,10 +112,9 @@ def test_predict_csv_overlays_and_bad_inputs(run, tmp_path):
     samples = list(csv.DictReader(open(run / "data/prepared/disc/samples.csv")))
     test = [s for s in samples if s["split"] == "test"]
     z = np.load(run / "outputs/padim/disc.npz")["scores"]
-    byname = {Path(x["file"]).relative_to(imgs).as_posix(): float(x["score"]) for x in rows if x["status"] == "ok"}
+    byname = {Path(x["file"]).parts[-2:]: float(x["score"]) for x in rows if x["status"] == "ok"}   # (defect, name)
     for i, s in enumerate(test):
-        key = Path(s["file"]).relative_to(run / "data/synthetic/disc/test").as_posix()
-        assert byname[key] == pytest.approx(float(z[i]), rel=1e-4)
+        assert byname[Path(s["file"]).parts[-2:]] == pytest.approx(float(z[i]), rel=1e-4)
     # a model card from another version: one line, nothing written
     card = json.loads((run / "models/padim/disc/model.json").read_text())
     old = tmp_path / "old"
