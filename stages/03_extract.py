@@ -32,7 +32,8 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import POOLED, FeatureWriter, PooledWriter, layer_file
 from anomaly_backbones.files import read_json, write_json
 from anomaly_backbones.params import load_params, resolve
-from anomaly_backbones.pooling import Tail, last_stage
+from anomaly_backbones.backbones.tokens import ViTMaps, set_token_pool
+from anomaly_backbones.pooling import ForwardTail, Tail, last_stage
 from anomaly_backbones.resources import check_memory, load_1m, peak_rss_mb, usable_cpus
 from anomaly_backbones.runner import run
 
@@ -54,7 +55,7 @@ def extract_split(ext, images: np.ndarray, batch_size: int, writer: FeatureWrite
             t = time.perf_counter()
             maps = dict(feats)
             if tail is not None:
-                maps[tail.last] = tail(feats)   # after the maps are written: nothing can change them
+                maps[tail.last] = tail(feats, images[rows])   # after the maps are written: nothing can change them
             if rows.start == 0:
                 pooled.open(split, len(images), {k: v.shape[1] for k, v in maps.items()})
             pooled.write(split, maps)
@@ -74,6 +75,13 @@ def pooled_last_stage(bb, layers: list[str], size: int, engine: str,
         return last, None
     try:
         return last, Tail(bb.model, layers, last, bb.name, size, engine, precision)
+    except UserError as e:
+        if not isinstance(bb.model, ViTMaps):
+            print(f"note: no pooled last stage for {bb.name} (image-level methods can pool the cached layers): {e}")
+            return None, None
+        # a ViT's last block reads the class token, which the cached maps drop: a second pass
+        print(f"note: the pooled last stage {last} of {bb.name} comes from a second forward pass ({e})")
+        return last, ForwardTail(bb.model, last, bb.mean, bb.std, size, precision)
     except Exception as e:  # noqa: BLE001 - fx fails in many ways; the layer maps must not depend on it
         print(f"note: no pooled last stage for {bb.name} (image-level methods can pool the cached layers): "
               f"{e if isinstance(e, UserError) else f'{type(e).__name__}: {e}'}")
@@ -88,6 +96,7 @@ def main():
     torch.manual_seed(p["seed"])
     bb = load_backbone(p["backbone"], p["init"], p["seed"])
     ex = p["extract"]
+    set_token_pool(bb.model, ex["token_pool"])   # transformers: the pooled vector (class token or patch mean)
     batch_size, dtype, precision = ex["batch_size"], ex["dtype"], ex["precision"]
     size = p["data"]["crop"]
     ext, engine = make_extractor(bb.model, layers, bb.name, ex["engine"], size, bb.mean, bb.std,

@@ -197,11 +197,14 @@ class TimmWeights(WeightSource):
         import timm
         import torch
 
+        from .architectures import timm_kwargs
+
         overlay = dict(file=str(plan.local)) if plan.local else None
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = timm.create_model(plan.ref, pretrained=True, pretrained_cfg_overlay=overlay)
+                model = timm.create_model(plan.ref, pretrained=True, pretrained_cfg_overlay=overlay,
+                                          **timm_kwargs(spec))
         except Exception as e:  # noqa: BLE001
             raise load_failed(plan, e) from None
         cfg = model.pretrained_cfg
