@@ -67,6 +67,14 @@ GROUPS = {
         "engine": Param("auto", str, choices=("auto", "onnx", "eager")),
         "precision": Param("float32", str, choices=("float32", "bfloat16", "float16"),
                            help="the forward pass's arithmetic (autocast); float16 needs a GPU"),
+        "token_pool": Param("auto", str, choices=("auto", "cls", "mean"),
+                            help="transformers' pooled vector: the class token or the mean patch token; auto = "
+                                 "the registry's (the published choice)"),
+    },
+    "metrics": {
+        "pro_fpr_limit": Param(0.3, float, low=0.0, high=1.0, low_open=True,
+                               help="AU-PRO integrated up to this false positive rate (MVTec AD: 0.3; MVTec AD 2 "
+                                    "also reports 0.05)"),
     },
     "latency": {
         "runs": Param(10, int, low=0, help="timed calls per setting; 0 skips the measurement"),
