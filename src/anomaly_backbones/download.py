@@ -56,6 +56,9 @@ def download(name: str, dest: str | Path, timeout: float = 30.0, archive: Archiv
               f"-S data.dataset={spec.name} -S data.root={dest}")
         return dest
     archive = archive or spec.archive
+    if archive is None and spec.by_hand:
+        raise UserError(f"{spec.title} has no direct download: {spec.by_hand.format(home=spec.home, dest=dest)} "
+                        f"Then run this command again to check the copy.")
     if archive is None:
         raise UserError(f"{spec.title} has no direct download: its authors share it as a OneDrive folder, which "
                         f"needs a browser: {spec.home} . Download it there, unpack it so that "
