@@ -166,7 +166,7 @@ def test_pipeline_end_to_end_on_mvtec_ad2_with_a_vit_and_on_real_iad(tmp_path):
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny", "--allow-empty"], cwd=clone)
 
     ad2 = make_mvtec_ad2(tmp_path / "ad2", objects=("can",))
-    sh(["dvc", "exp", "run", "-S", "data.dataset=mvtec_ad2", "-S", f"data.root={ad2}",
+    sh(["dvc", "exp", "run", "-S", "data.dataset=mvtec_ad2", "-S", f"data.root={ad2}", "-S", "data.categories=[can]",
         "-S", "backbone=vit_small_patch14_reg4_dinov2", "-S", "init=random", "-S", "methods=[padim,patchcore,dn2]"],
        cwd=clone)
     stats = json.loads((clone / "data" / "features" / "stats.json").read_text())
@@ -180,7 +180,8 @@ def test_pipeline_end_to_end_on_mvtec_ad2_with_a_vit_and_on_real_iad(tmp_path):
     assert r["image_auroc"] is not None and r["pixel_aupro"] is None
 
     riad = make_real_iad(tmp_path / "Real-IAD", objects=("audiojack",))
-    sh(["dvc", "exp", "run", "-S", "data.dataset=real_iad", "-S", f"data.root={riad}", "-S", "init=random",
+    sh(["dvc", "exp", "run", "-S", "data.dataset=real_iad", "-S", f"data.root={riad}", "-S", "data.categories=[audiojack]",
+        "-S", "backbone=tf_efficientnet_lite0", "-S", "init=imagenet", "-S", "methods=[padim]",
         "-S", "metrics.pro_fpr_limit=0.05"], cwd=clone)
     r = json.loads((clone / "outputs" / "padim" / "results.json").read_text())["categories"]["audiojack"]
     assert r["objects"] == 4 and set(r["views"]) == {"C1", "C2", "C3", "C4", "C5"}

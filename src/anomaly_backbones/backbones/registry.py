@@ -104,6 +104,16 @@ def default_pretrained_key(entry: dict) -> str:
     return [k for k in entry["inits"] if k != "random"][0]
 
 
+def pretraining(name: str, key: str) -> str | None:
+    """How init `key` of registry entry `name` was pretrained: the entry's `pretraining` value
+    (self-supervised, semi-supervised, ...), else supervised; None outside the registry or for a
+    key the entry does not name."""
+    entry = _by_name().get(name)
+    if entry is None or key not in entry["inits"] or key == "random":
+        return None
+    return (entry.get("pretraining") or {}).get(key, "supervised")
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries the stored facts depend on (package metadata: no import)."""
     return {lib: metadata.version(lib) for lib in FACTS_LIBRARIES}
