@@ -103,3 +103,32 @@ def test_engines_onnx_for_swin_eager_for_vit_with_the_reason():
         make_extractor(bb.model, ["blocks.2"], bb.name, "onnx", 64, bb.mean, bb.std)
     ext, engine = make_extractor(bb.model, ["blocks.2"], bb.name, "auto", 64, bb.mean, bb.std)
     assert engine == "eager" and ext.pixels(images)["blocks.2"].shape == (2, 384, 4, 4)
+
+
+# ------------------------------------------------------------------ self-supervised inits offline
+
+@pytest.mark.parametrize("name,init,needles", [
+    ("vit_small_patch14_dinov2", "imagenet", ["models--timm--vit_small_patch14_dinov2.lvd142m",
+                                              "dinov2_vits14_pretrain.pth"]),
+    ("vit_small_patch16_224", "dino", ["models--timm--vit_small_patch16_224.dino", "dino_deitsmall16_pretrain.pth"]),
+    ("vit_base_patch16_clip_224", "openai", ["models--timm--vit_base_patch16_clip_224.openai"]),
+    ("resnet50", "fb_ssl_yfcc100m_ft_in1k", ["semi_supervised_resnet50-08389792.pth", "dl.fbaipublicfiles.com"]),
+    ("resnext50_32x4d", "fb_swsl_ig1b_ft_in1k", ["semi_weakly_supervised_resnext50_32x4-72679e44.pth"]),
+])
+def test_self_supervised_inits_offline_are_one_line_naming_the_file(name, init, needles, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hc
+
+    from anomaly_backbones.backbones import caches
+    from anomaly_backbones.backbones.registry import pretraining
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(caches, "reachable", lambda host, port=443, timeout=caches.REACH_TIMEOUT_S: False)
+    with pytest.raises(UserError) as e:
+        load_backbone(name, init)
+    msg = str(e.value)
+    assert "\n" not in msg and "init=random" in msg and all(n in msg for n in needles), msg
+    key = init if init != "imagenet" else "lvd142m"
+    assert pretraining(name, key) in ("self-supervised", "semi-supervised", "semi-weakly-supervised")
+    assert pretraining("vit_small_patch16_224", "augreg_in21k_ft_in1k") == "supervised"
+    assert pretraining("vit_small_patch16_224", "random") is None
