@@ -132,3 +132,14 @@ def test_self_supervised_inits_offline_are_one_line_naming_the_file(name, init, 
     assert pretraining(name, key) in ("self-supervised", "semi-supervised", "semi-weakly-supervised")
     assert pretraining("vit_small_patch16_224", "augreg_in21k_ft_in1k") == "supervised"
     assert pretraining("vit_small_patch16_224", "random") is None
+
+
+def test_report_init_column_says_how_the_weights_were_pretrained():
+    from anomaly_backbones.report.fmt import init_label
+
+    assert init_label("imagenet:dino", "vit_small_patch16_224") == "self-supervised (dino)"
+    assert init_label("imagenet:lvd142m", "vit_small_patch14_dinov2") == "self-supervised (lvd142m)"
+    assert init_label("imagenet:in1k_pypi", "tf_efficientnet_lite0") == "supervised (in1k_pypi)"
+    assert init_label("imagenet:fb_swsl_ig1b_ft_in1k", "resnet50") == "semi-weakly-supervised (fb_swsl_ig1b_ft_in1k)"
+    assert init_label("random:seed=1024", "vit_small_patch14_dinov2") == "random"
+    assert init_label("imagenet:x", "not_in_the_registry") == "imagenet (x)"
