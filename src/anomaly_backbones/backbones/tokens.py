@@ -9,7 +9,8 @@ the model's own modules in timm's order (patch_embed, _pos_embed, patch_drop, no
 and after block i calls `blocks.i`, a parameter-free `TokenGrid` that drops the P prefix tokens
 and reshapes the patch tokens to (B, C, h, w): the layer `blocks.i` is block i's output on the
 grid, the same tensor as timm's `forward_intermediates(indices=[i])` (tests/test_tokens.py). The
-model's own block modules keep their timm names under `model.` (`model.blocks.3`: 3-D tokens).
+timm model is owned by the fx leaf `embed` and keeps its names under `embed.model.`
+(`embed.model.blocks.3`: 3-D tokens, refused as a layer); `ViTMaps.model` is the timm model.
 
 The grid is the input side over the patch (over the total stride for a hybrid): 224 px -> 14 x 14
 for /16, 16 x 16 for /14. The position embedding is resampled to the grid (timm's
