@@ -59,8 +59,8 @@ def test_validate_fills_absent_params_and_converts(params):
     ({"extract.batch_size": 0}, "`extract.batch_size` must be an integer >= 1"),
     ({"latency.runs": -1}, "`latency.runs` must be an integer >= 0"),
     ({"data.crop": 300}, "`data.crop` (300) must be <= `data.resize` (256)"),
-    ({"data.dataset": "mvtek"}, "`data.dataset` must be one of synthetic, folder, mvtec, mtd, visa, btad, mpdd "
-                                "(did you mean 'mvtec'?)"),
+    ({"data.dataset": "mvtek"}, "`data.dataset` must be one of synthetic, folder, mvtec, mtd, visa, btad, mpdd, "
+                                "mvtec_ad2, real_iad (did you mean 'mvtec'?)"),
     ({"data.categories": ["..", "bottle"]}, "`data.categories`: '..' is not a category folder name"),
     ({"data.max_image_pixels": 0}, "`data.max_image_pixels` must be an integer >= 1"),
     ({"methods": ["padim", "padim"]}, "`methods` lists ['padim'] more than once"),
