@@ -4,8 +4,8 @@ Writes outputs/<method>/<category>.npz (image scores, float16 anomaly maps where
 them) and outputs/<method>/results.json (per category: image ROC-AUC with its DeLong interval, AP,
 F1-max; pixel ROC-AUC, AP, F1-max, AUPRO up to `metrics.pro_fpr_limit`, and `pixel_aupro@<limit>` at
 the other limits the dataset's authors report (MVTec AD 2: 0.3 and 0.05); for a dataset with views
-(Real-IAD) the image ROC-AUC per view and per object, `views` and `objects`; timings; the ROC curve; the stage's peak memory and the
-machine's load when it started; the device the method ran on, `device`, and its name).
+(Real-IAD) the image ROC-AUC per view and per object, `views` and `objects`; timings; the ROC curve;
+the stage's peak memory and the machine's load when it started; the device the method ran on, `device`, and its name).
 """
 import sys
 import time

@@ -77,7 +77,8 @@ def make_real_iad(root: Path, objects=("audiojack", "pcb"), variant="realiad_256
                              "mask_path": None}
                     if shows:
                         mask_rel = rel[:-4] + ".png"
-                        _copy(src / "ground_truth" / defect_type.name / f"{p.stem}_mask.png", root / variant / obj / mask_rel)
+                        _copy(src / "ground_truth" / defect_type.name / f"{p.stem}_mask.png",
+                              root / variant / obj / mask_rel)
                         entry["mask_path"] = mask_rel
                     doc[split].append(entry)
         table = root / "realiad_jsons" / "realiad_jsons" / f"{obj}.json"
