@@ -187,3 +187,30 @@ def test_the_base_class_docstring_example_is_a_working_method(tmp_path, monkeypa
     scores, maps = m.predict(test)
     assert maps.shape == (3, 16, 16) and np.array_equal(scores, maps.reshape(3, -1).max(1))
     assert m.level == "pixel" and m.params == {"sigma": 4.0}
+
+
+def test_validating_params_imports_no_torch():
+    """Checking every param (the first thing each stage does) works where torch cannot be
+    imported: a subprocess whose import system refuses torch, torchvision and timm."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from anomaly_backbones.params import load_params\n"
+        "p = load_params(sys.argv[1])\n"
+        "assert p['device'] == 'auto' and not any(m.split('.')[0] == 'torch' for m in sys.modules)\n"
+        "from anomaly_backbones.errors import UserError\n"
+        "from anomaly_backbones.params import validate\n"
+        "try:\n"
+        "    validate({**p, 'device': 'gpu0'})\n"
+        "except UserError as e:\n"
+        "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "params.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "device" in r.stdout and "cuda:N" in r.stdout

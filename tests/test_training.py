@@ -251,4 +251,18 @@ def test_memory_guard_stops_before_training_naming_the_batch_size(monkeypatch):
     m = method("deep_svdd", epochs=1)
     with pytest.raises(UserError, match=r"lower `deep_svdd.batch_size`") as e:
         m.fit(ImageSet(images(4, 11)))
-    assert "batches of 4" in str(e.value) and m.losses == []
+    assert "4 images a step" in str(e.value) and m.losses == []
+
+
+def test_memory_guard_sizes_the_batch_that_can_exist(monkeypatch):
+    """40 images never make a batch of 200: the estimate for 40 images with batch_size 200 equals
+    the one with batch_size 40 (the whole set in one batch); a smaller batch still costs less."""
+    import anomaly_backbones.resources as resources
+
+    monkeypatch.setattr(resources, "available_bytes", lambda: 2**40)
+    est = {}
+    for bs in (8, 40, 200):
+        m = method("deep_svdd", epochs=1, batch_size=bs)
+        m.fit(ImageSet(images(4, 11)))   # builds the trunk the estimate reads
+        est[bs] = m.train_bytes(40, 64)
+    assert est[200] == est[40] and est[8] < est[40]

@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 import torch
 
 from .errors import UserError
 
-DEVICES = "auto | cpu | cuda | cuda:N"
+from .params.groups import DEVICES, check_device
+
 PRECISIONS = ("float32", "bfloat16", "float16")
-
-
-def check_device(v) -> str | None:
-    """Schema check of the `device` param's spelling (whether a GPU exists is resolve_device's)."""
-    if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
-        return None
-    return f"must be one of {DEVICES}"
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -3,6 +3,7 @@ with the methods, anomaly_backbones.methods.METHODS). Grouped by stage, as param
 from __future__ import annotations
 
 import difflib
+import re
 
 from .schema import Param
 
@@ -30,15 +31,20 @@ def _dataset(v) -> str | None:
     near = difflib.get_close_matches(str(v), DATASETS, n=1)
     return f"must be one of {', '.join(DATASETS)}{f' (did you mean {near[0]!r}?)' if near else ''}"
 
-def _device(v) -> str | None:
-    from ..device import check_device
+DEVICES = "auto | cpu | cuda | cuda:N"
 
-    return check_device(v)
+
+def check_device(v) -> str | None:
+    """The `device` param's spelling (whether that GPU exists is device.resolve_device's): a
+    string check, so validating params never imports torch."""
+    if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+        return None
+    return f"must be one of {DEVICES}"
 
 
 TOP = {
     "seed": Param(1024, int, low=0, high=2**32 - 1, help="fixes every random choice"),
-    "device": Param("auto", str, check=_device, help="auto (a GPU when torch sees one, else cpu) | cpu | cuda | cuda:N"),
+    "device": Param("auto", str, check=check_device, help="auto (a GPU when torch sees one, else cpu) | cpu | cuda | cuda:N"),
     "backbone": Param("tf_efficientnet_lite0", str, help="`python -m anomaly_backbones backbones` lists them"),
     "init": Param("imagenet", str, help="imagenet | random | a named variant | a checkpoint path"),
     "layers": Param("auto", list, special=("auto",), check=_unique, help="auto = the registry's default"),

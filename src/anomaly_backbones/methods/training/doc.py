@@ -73,7 +73,9 @@ def reference_files(folder: str) -> tuple[list[Path], list[int], list[str]]:
 class DOC(ImageMethod):
     name = "doc"
     uses_prefix_cache = True
-    views = 2   # a target and a reference batch per step
+    def step_images(self, n_train: int) -> int:
+        """A target batch (at most the training set) and a full reference batch per step."""
+        return min(self.batch_size, n_train) + self.batch_size
 
     def preflight(self) -> None:
         reference_files(self.params["reference"])
