@@ -19,14 +19,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+case ":${PYTHONPATH:-}:" in *":$PWD/src:"*) ;; *) export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 
 {
     echo "date: $(date -u +%FT%TZ)"; echo "host: $(uname -srm), $(nproc) CPUs"
-    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || echo "nvidia-smi: none"
-    nvidia-smi 2>&1 | head -20
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
+        nvidia-smi 2>&1 | head -20
+    else
+        echo "nvidia-smi: not found"
+    fi
     timeout -k 5 60 "$PY" -u bench/gpu_env.py 2>&1
 } > "$OUT/env.txt"
 grep -E "^(python|torch|timm|lite0 weights|GPUs torch sees|cuda:)" "$OUT/env.txt"
