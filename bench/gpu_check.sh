@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU device check, at most about 8 minutes on one GPU (not run where no GPU is lent):
+# The GPU device check, at most about 8 minutes (typically 7) on one GPU (not run where no GPU is lent):
 #   0. the environment to $OUT/env.txt (nvidia-smi, the driver, bench/gpu_env.py: package
 #      versions, the GPUs torch sees, the lite0 weights file found); then it stops with
 #      "torch sees no GPU" (exit 1) where torch sees none;
@@ -7,10 +7,10 @@
 #      (killed at TESTS_TIMEOUT, default 90 s);
 #   2. bench/gpu.py on the GPU at MVTec AD's size, wide_resnet50_2 first (the size targets are
 #      its), then resnet18 and tf_efficientnet_lite0: no category starts after BUDGET_S seconds
-#      counted from the end of data generation (default 270), each backbone's forward pass is
+#      counted from the end of data generation (default 250), each backbone's forward pass is
 #      timed anyway, a failing method or category is recorded and the run goes on, gpu.json is
 #      replaced (atomically) after every category, and the run is killed at BENCH_TIMEOUT
-#      (default 390 s); the report is then rebuilt from gpu.json alone (bench/gpu_report.py).
+#      (default 370 s); the report is then rebuilt from gpu.json alone (bench/gpu_report.py).
 # Run from anywhere: OUT=/some/folder bash bench/gpu_check.sh; it writes $OUT/env.txt,
 # $OUT/cuda_tests.txt, $OUT/gpu.txt, $OUT/gpu.json, $OUT/gpu_report.md and prints the results
 # at the end. PYTHON (default python3) runs it; PYTHONPATH is kept (travelling wheels) with src/
@@ -43,12 +43,12 @@ if not torch.cuda.is_available():
 print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
 EOF
 
-timeout -k 10 "${TESTS_TIMEOUT:-90}" "$PY" -u -m pytest -q -m "not slow" tests -k "cuda" -p no:cacheprovider \
+timeout -k 10 "${TESTS_TIMEOUT:-90}" "$PY" -u -m pytest -v --durations=15 -m "not slow" tests -k "cuda" -p no:cacheprovider \
     --continue-on-collection-errors > "$OUT/cuda_tests.txt" 2>&1
 tests_rc=$?
 
-timeout -k 10 "${BENCH_TIMEOUT:-390}" "$PY" -u bench/gpu.py --device cuda \
-    --backbones wide_resnet50_2,resnet18,tf_efficientnet_lite0 --budget-s "${BUDGET_S:-270}" \
+timeout -k 10 "${BENCH_TIMEOUT:-370}" "$PY" -u bench/gpu.py --device cuda \
+    --backbones wide_resnet50_2,resnet18,tf_efficientnet_lite0 --budget-s "${BUDGET_S:-250}" \
     --json "$OUT/gpu.json" > "$OUT/gpu.txt" 2>&1
 bench_rc=$?
 if [ -f "$OUT/gpu.json" ]; then
@@ -57,7 +57,7 @@ else
     echo "no gpu.json: bench/gpu.py ended before its first backbone's forward pass" > "$OUT/gpu_report.md"
 fi
 
-echo "== CUDA tests (exit $tests_rc; 124 = timed out): $PY -m pytest -q -m 'not slow' tests -k cuda"
+echo "== CUDA tests (exit $tests_rc; 124 = timed out, $OUT/cuda_tests.txt has each test's line): $PY -m pytest -v -m 'not slow' tests -k cuda"
 grep -E "passed|failed|error|skipped|no tests|FAILED|ERROR" "$OUT/cuda_tests.txt" | tail -25
 echo
 echo "== bench/gpu.py (exit $bench_rc; 124 = timed out): the report rebuilt from $OUT/gpu.json"

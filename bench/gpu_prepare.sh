@@ -13,7 +13,7 @@
 #    the repository root there, with $OUT set and .whl carried: it installs the wheels with
 #    `pip install --no-deps --no-index --target .whl/site` (unzipping them where pip is missing),
 #    puts src/ and .whl/site on PYTHONPATH and runs bench/gpu_check.sh (environment to
-#    $OUT/env.txt, the [cuda] tests, bench/gpu.py) within 540 s, everything it prints in
+#    $OUT/env.txt, the [cuda] tests, bench/gpu.py) within 550 s, everything it prints in
 #    $OUT/check.txt as it comes;
 # 4. --dry-run: runs that command in a scratch copy of the travelling tree with a Python that has
 #    only the GPU machine's packages (bench/gpu_dryrun.py): it must stop at "torch sees no GPU"
@@ -59,8 +59,8 @@ CMD='set -o pipefail; mkdir -p "$OUT"; P=${PYTHON:-python3}; W=$PWD/.whl/site;'
 CMD+=' { $P -m pip install --no-deps --no-index --upgrade --disable-pip-version-check --target $W .whl/*.whl'
 CMD+=' || for f in .whl/*.whl; do $P -m zipfile -e $f $W; done; } > "$OUT/install.txt" 2>&1;'
 CMD+=' export PYTHON=$P PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$W${PYTHONPATH:+:$PYTHONPATH}'
-CMD+=' TESTS_TIMEOUT=90 BENCH_TIMEOUT=390 BUDGET_S=270;'
-CMD+=' timeout -k 10 540 bash bench/gpu_check.sh 2>&1 | tee "$OUT/check.txt"'
+CMD+=' TESTS_TIMEOUT=90 BENCH_TIMEOUT=370 BUDGET_S=250;'
+CMD+=' timeout -k 10 550 bash bench/gpu_check.sh 2>&1 | tee "$OUT/check.txt"'
 if [ "${#CMD}" -ge 2000 ]; then echo "error: the command is ${#CMD} characters (limit 2000)." >&2; exit 1; fi
 printf '%s\n' "$CMD" > .whl/command.txt
 
