@@ -416,6 +416,9 @@ def main(argv=None):
         for spec in args.backbones.split(","):
             bench_backbone(spec.strip(), args, dev, data, cats, Path(tmp), start, save, fail)
     print(table(result))
+    if result["errors"]:   # every figure is out; the exit status says that some are missing
+        raise UserError(f"{len(result['errors'])} step(s) failed and were skipped (the table's errors; "
+                        f"tracebacks on stderr): {'; '.join(e['error'] for e in result['errors'][:3])}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ fi
 echo "== CUDA tests (exit $tests_rc; 124 = timed out, $OUT/cuda_tests.txt has each test's line): $PY -m pytest -v -m 'not slow' tests -k cuda"
 grep -E "passed|failed|error|skipped|no tests|FAILED|ERROR" "$OUT/cuda_tests.txt" | tail -25
 echo
-echo "== bench/gpu.py (exit $bench_rc; 124 = timed out): the report rebuilt from $OUT/gpu.json"
+echo "== bench/gpu.py (exit $bench_rc; 2 = steps failed, see errors; 124 = timed out): the report rebuilt from $OUT/gpu.json"
 grep -E "^(note|error:|budget)" "$OUT/gpu.txt"
 cat "$OUT/gpu_report.md"
 [ "$bench_rc" -eq 0 ] || tail -20 "$OUT/gpu.txt"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]   # the exit status: 0 when both passed

@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from anomaly_backbones.errors import UserError
 from test_bench_gpu import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +84,8 @@ def test_a_failing_step_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, c
     out = tmp_path / "gpu.json"
     out.write_text("old")
     os.link(out, tmp_path / "old.json")
-    gpu.main([*TINY, "--methods", "padim,spade", "--tmp", str(tmp_path), "--json", str(out)])
+    with pytest.raises(UserError, match=r"^2 step\(s\) failed and were skipped .*: RuntimeError: CUDA out of memory"):
+        gpu.main([*TINY, "--methods", "padim,spade", "--tmp", str(tmp_path), "--json", str(out)])
     printed = capsys.readouterr()
     assert (tmp_path / "old.json").read_text() == "old"   # replaced, never written in place
     res = json.loads(out.read_text())
