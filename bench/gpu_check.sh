@@ -60,7 +60,9 @@ else
 fi
 
 echo "== CUDA tests (exit $tests_rc; 124 = timed out, $OUT/cuda_tests.txt has each test's line): $PY -m pytest -v -m 'not slow' tests -k cuda"
-grep -E "passed|failed|error|skipped|no tests|FAILED|ERROR" "$OUT/cuda_tests.txt" | tail -25
+echo "per test: $(grep -c ' PASSED' "$OUT/cuda_tests.txt") passed, $(grep -c ' FAILED' "$OUT/cuda_tests.txt") failed," \
+    "$(grep -c ' SKIPPED' "$OUT/cuda_tests.txt") skipped, $(grep -c ' ERROR' "$OUT/cuda_tests.txt") errors"
+grep -E "^(FAILED|ERROR) |^=+ .* in [0-9.]+s|^[0-9.]+s (call|setup) " "$OUT/cuda_tests.txt" | tail -40
 echo
 echo "== bench/gpu.py (exit $bench_rc; 2 = steps failed, see errors; 124 = timed out): the report rebuilt from $OUT/gpu.json"
 grep -E "^(note|error:|budget)" "$OUT/gpu.txt"

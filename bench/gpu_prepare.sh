@@ -75,7 +75,7 @@ if [ "$total" -ge $(( LIMIT_MIB * 1048576 )) ]; then
     echo "error: the travelling tree is over ${LIMIT_MIB} MiB: remove untracked files or wheels." >&2; exit 1
 fi
 
-echo "the one command (${#CMD} characters; run in the repository root with \$OUT set, .whl carried, limit 600 s):"
+echo "the one command (${#CMD} characters) for the GPU machine, run in the repository root with \$OUT set (the device tool: carry [\".whl\"], timeout_s 600):"
 printf '%s\n' "$CMD"
 
 if [ "$DRY" = 1 ]; then
