@@ -55,10 +55,10 @@ for w in .whl/*.whl; do
 done
 
 # The one command (single quotes: expanded there, not here)
-CMD='set -o pipefail; mkdir -p "$OUT"; P=${PYTHON:-python3}; W=$PWD/.whl/site;'
-CMD+=' { $P -m pip install --no-deps --no-index --upgrade --disable-pip-version-check --target $W .whl/*.whl'
-CMD+=' || for f in .whl/*.whl; do $P -m zipfile -e $f $W; done; } > "$OUT/install.txt" 2>&1;'
-CMD+=' export PYTHON=$P PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$W${PYTHONPATH:+:$PYTHONPATH}'
+CMD='set -o pipefail; mkdir -p "$OUT"; P=${PYTHON:-python3}; W="$PWD/.whl/site";'
+CMD+=' { "$P" -m pip install --no-deps --no-index --upgrade --disable-pip-version-check --target "$W" .whl/*.whl'
+CMD+=' || for f in .whl/*.whl; do "$P" -m zipfile -e "$f" "$W"; done; } > "$OUT/install.txt" 2>&1;'
+CMD+=' export PYTHON="$P" PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$W${PYTHONPATH:+:$PYTHONPATH}"'
 CMD+=' TESTS_TIMEOUT=90 BENCH_TIMEOUT=370 BUDGET_S=250;'
 CMD+=' timeout -k 10 550 bash bench/gpu_check.sh 2>&1 | tee "$OUT/check.txt"'
 if [ "${#CMD}" -ge 2000 ]; then echo "error: the command is ${#CMD} characters (limit 2000)." >&2; exit 1; fi
