@@ -19,7 +19,8 @@ from anomaly_backbones.backbones.extractor import extract_bytes
 from anomaly_backbones.backbones.ort_extractor import make_extractor
 from anomaly_backbones.device import autocast, resolve_device, to_device
 from anomaly_backbones.errors import UserError
-from anomaly_backbones.params import set_params, validate
+from anomaly_backbones.params import set_params
+from anomaly_backbones.pipeline.config import validate
 from anomaly_backbones.pooling import Tail, last_stage
 from conftest import DEVICES, ROOT
 

@@ -20,7 +20,8 @@ from anomaly_backbones.methods.ocsvm import OCSVM
 from anomaly_backbones.methods.pooled import LIBSVM_TOL
 from anomaly_backbones.methods.svdd import SVDD, kernel, solve_dual
 from anomaly_backbones.metrics import roc_auc
-from anomaly_backbones.params import load_params, set_params, validate
+from anomaly_backbones.params import set_params
+from anomaly_backbones.pipeline.config import load_params, validate
 
 from conftest import CUDA, ROOT
 

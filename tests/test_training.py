@@ -17,7 +17,8 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.methods import METHODS, get_method
 from anomaly_backbones.methods.training.base import ImageSet
 from anomaly_backbones.methods.knn import dn2_scores, knn_scores
-from anomaly_backbones.params import set_params, validate
+from anomaly_backbones.params import set_params
+from anomaly_backbones.pipeline.config import validate
 from conftest import CUDA, ROOT
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]

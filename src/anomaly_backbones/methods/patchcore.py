@@ -48,10 +48,12 @@ import torch.nn.functional as F
 
 from ..device import to_device
 from ..errors import UserError
-from .base import Method
-from .common import check_finite
-from .coreset import coreset_size, greedy_batched, sparse_random_projection
-from .memory import PatchCoreMemory
+from ..resources import BASELINE_BYTES
+from ..params.schema import Param
+from .base import LAYERS, SIGMA, Method
+from .common import check_finite, maps_bytes
+from .coreset import UPDATE_BLOCK_ELEMS, coreset_size, greedy_batched, sparse_random_projection
+from .memory import Shapes
 
 BLOCK_ELEMS = 1 << 24  # one distance block: 16M float32 = 64 MiB
 
@@ -97,10 +99,21 @@ def reweighted_score(patch_dist: torch.Tensor, nn_idx: torch.Tensor, patches: to
     return (w * s_star.double()).to(patch_dist.dtype)
 
 
-class PatchCore(PatchCoreMemory, Method):
+class PatchCore(Method):
     """Coreset memory bank of aggregated patch features; nearest-neighbour scoring."""
 
     name = "patchcore"
+    PARAMS = {
+        "layers": LAYERS,
+        "coreset_ratio": Param(0.1, float, low=0, high=1, low_open=True),
+        "coreset": Param("fast", str, choices=("fast", "exact")),
+        "dim": Param(1024, int, low=1),
+        "neighbors": Param(9, int, low=1),
+        "projection_dim": Param(128, int, low=1),
+        "batch_size": Param(32, int, low=1),
+        "sigma": SIGMA,
+    }
+    RESOLVES_AUTO = ("layers",)   # from the top-level layers it is given (resolve_params)
 
     @classmethod
     def resolve_params(cls, group: dict, *, backbone: str, layers: list[str], shapes: dict | None) -> dict:
@@ -213,3 +226,44 @@ class PatchCore(PatchCoreMemory, Method):
             bar.update(sl.stop - sl.start)
         bar.close()
         return scores, grid.numpy()
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def _sizes(self, shapes: Shapes) -> tuple[int, int, int]:
+        """(patches per image, channels of a bank vector, channels the coreset runs on)."""
+        shapes = [shapes[name] for name in self.layers]
+        hw = max(sh[1] * sh[2] for sh in shapes)
+        c = min(sum(sh[0] for sh in shapes), self.dim)
+        return hw, c, self.projection_dim if c > self.projection_dim else c
+
+    def _batch_bytes(self, shapes: Shapes, itemsize: int) -> float:
+        """One feature batch through embed: the cached maps (mapped pages, a float32 copy), their
+        3x3 averages, the upsampled, concatenated and reshaped maps, the pooled and the projected
+        vectors."""
+        hw, c, p = self._sizes(shapes)
+        full = sum(shapes[name][0] for name in self.layers)
+        cached = sum(shapes[name][0] * shapes[name][1] * shapes[name][2] for name in self.layers)
+        return self.batch_size * (cached * (8 + itemsize) + 4.0 * hw * (3 * full + c + p))
+
+    def fit_bytes(self, shapes: Shapes, n_img: int, itemsize: int = 4) -> float:
+        """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32);
+        during the coreset (which centres them in place) their bfloat16 copy ("fast"), per-patch
+        norms, distances and temporaries, one distance block, and the heap glibc keeps from the
+        first pass's batch temporaries; then the bank (coreset_ratio of the patches x min(C, dim))
+        while a batch is embedded again."""
+        hw, c, p = self._sizes(shapes)
+        n = n_img * hw
+        x = 4.0 * n * p
+        low = 2.0 * n * p if self.coreset == "fast" else 0.0
+        block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
+        batch = self._batch_bytes(shapes, itemsize)
+        cover = x + low + 20.0 * n + block + batch
+        bank = 4.0 * coreset_size(n, self.ratio) * c
+        return BASELINE_BYTES + max(x + batch, cover, bank + batch)
+
+    def predict_bytes(self, shapes: Shapes, n_test: int, bank_rows: int, image_size: int,
+                      itemsize: int = 4) -> float:
+        """Peak RSS of predict: the bank and its norms, one embedded batch and its distance
+        block, the grids, the anomaly maps and their finiteness mask."""
+        hw, c, _ = self._sizes(shapes)
+        return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * BLOCK_ELEMS
+                + 4.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)

@@ -39,10 +39,12 @@ import torch
 
 from ..device import to_device
 from ..errors import UserError
-from .base import Method
-from .common import check_finite
+from ..resources import BASELINE_BYTES
+from ..params.schema import Param
+from .base import SIGMA, Method
+from .common import check_finite, maps_bytes
 from .grid import largest_grid, upsample_concat
-from .memory import SPADEMemory, spade_image_bytes
+from .memory import Shapes
 
 TILE_ELEMS = 1 << 24  # one distance tile: at most 16M float32 = 64 MiB
 
@@ -86,10 +88,28 @@ def knn_mean_distance(queries: torch.Tensor, blocks: Iterable[torch.Tensor], kap
     return (best + q_sq.unsqueeze(1)).clamp_min_(0.0).sqrt_().mean(1)
 
 
-class SPADE(SPADEMemory, Method):
+def spade_image_bytes(shapes: Shapes, itemsize: int) -> float:
+    """Memory one image takes while its maps are concatenated: its cached maps (mapped pages, a
+    copy, a float32 copy unless the cache is float32), the (h, w, C) float32 result, and (an
+    upper bound) one upsampled layer where a scale factor is not an integer."""
+    h, w = largest_grid(shapes.values())
+    c = sum(s[0] for s in shapes.values())
+    cached = sum(s[0] * s[1] * s[2] for s in shapes.values())
+    odd = max([s[0] for s in shapes.values() if h % s[1] or w % s[2]], default=0)
+    return 4.0 * h * w * (c + odd) + (2 * itemsize + (4 if itemsize != 4 else 0)) * cached
+
+
+class SPADE(Method):
     """kNN over pooled image features, then kNN over the chosen images' positions."""
 
     name = "spade"
+    PARAMS = {
+        "k": Param(50, int, low=1, help="nearest training images"),
+        "kappa": Param(1, int, low=1, help="nearest gallery vectors per test position"),
+        "chunk_mb": Param(64.0, float, low=0, low_open=True, help="gallery maps built at once"),
+        "batch_size": Param(16, int, low=1),
+        "sigma": SIGMA,
+    }
 
     def configure(self, p: dict) -> None:
         self.k, self.kappa, self.batch_size = p["k"], p["kappa"], p["batch_size"]
@@ -175,3 +195,15 @@ class SPADE(SPADEMemory, Method):
                 bar.update(1)
         bar.close()
         return scores.astype(np.float64), grid.numpy()
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def predict_bytes(self, shapes: Shapes, n_test: int, n_train: int, image_size: int, itemsize: int = 4) -> float:
+        """Peak RSS of predict: one test batch and one gallery group (spade_image_bytes each
+        image); one distance tile; the grids, the anomaly maps and their finiteness mask."""
+        shapes = {name: shapes[name] for name in self.layers}
+        h, w = largest_grid(shapes.values())
+        hw = h * w
+        images = min(self.batch_size, n_test) + min(self._group(shapes, itemsize), self.k, n_train)
+        tile = 4.0 * tile_rows(hw, hw) * hw
+        return (BASELINE_BYTES + images * spade_image_bytes(shapes, itemsize) + tile + 4.0 * n_test * hw
+                + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
