@@ -50,19 +50,8 @@ host and moves what it computes on with `to_device(x, self.device)`, a no-op on 
 bits as before devices existed); its outputs (scores, grids) come back as host arrays. `guard`
 checks GPU free memory when the device is a GPU.
 
-A new method in ten lines (then its name in METHODS and its group in params.yaml;
-tests/test_layers.py runs this example):
-
-    class MeanDistance(Method):
-        name = "mean_distance"
-        PARAMS = {"sigma": SIGMA}
-        def fit(self, train):
-            x = np.concatenate([f[self.layers[0]].numpy() for _, f in train.batches(self.layers)])
-            self.mean = x.mean(0)                                       # (C, h, w)
-        def grid_scores(self, test):
-            grids = [np.linalg.norm(f[self.layers[0]].numpy() - self.mean, axis=1)
-                     for _, f in test.batches(self.layers)]
-            return None, np.concatenate(grids)                          # scores: max of each map
+A new method: one file, its name in METHODS, its group in params.yaml; the ten-line example is
+docs/architecture.md, "Adding a method" (tests/test_contract.py runs it as the fit stage does).
 """
 from __future__ import annotations
 
