@@ -25,7 +25,7 @@ import re
 import torch
 
 from .errors import UserError
-from .resources import available_bytes, cpu_model
+from . import resources
 
 DEVICES = "auto | cpu | cuda | cuda:N"
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -76,7 +76,7 @@ def device_name(dev: torch.device) -> str:
     """The GPU's name, or the CPU's model name: what timed a row."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return cpu_model() or "cpu"
+    return resources.cpu_model() or "cpu"
 
 
 def free_bytes(dev: torch.device) -> int | None:
@@ -142,7 +142,7 @@ def check_memory(estimate: float, what: str, fix: str, device=None) -> None:
     if device is not None and getattr(device, "type", "cpu") != "cpu":
         avail, where = free_bytes(device), f"free on {device}"
     else:
-        avail, where = available_bytes(), "available"
+        avail, where = resources.available_bytes(), "available"
     if avail is not None and estimate > avail:
         raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is {where}; "
                         f"{fix}")

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..resources import BASELINE_BYTES
-from .knn import CHUNK_ELEMS, dn2_scores
+from .knn import CHUNK_ELEMS, dn2_scores, tile_rows
 from .memory import pooled_bytes
 from ..params.schema import Param
 from .pooled import POOLED_LAYERS, PooledMethod
@@ -47,8 +47,8 @@ class DN2(PooledMethod):
 
     # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
     def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
-        """Peak RSS of predict: the bank, the test vectors, one chunk of float64 differences
-        (methods/knn.py) and its squared distances with their partitioned copy."""
-        rows = max(1, CHUNK_ELEMS // max(1, n_train * dim))
-        return (BASELINE_BYTES + 8.0 * n_train * dim + pooled_bytes(n_test, dim)
-                + 16.0 * min(n_test, rows) * n_train * (dim + 2))
+        """Peak RSS of predict: the bank and its float64 copy, the test vectors and theirs, one
+        float64 distance tile (methods/knn.py) and the top-k of each of its rows."""
+        rows = tile_rows(n_test, n_train, CHUNK_ELEMS)
+        return (BASELINE_BYTES + 16.0 * n_train * dim + pooled_bytes(n_test, dim) + 8.0 * n_test * dim
+                + 8.0 * rows * n_train + 32.0 * n_test * min(n_train, 64))

@@ -53,33 +53,8 @@ from ..params.schema import Param
 from .base import LAYERS, SIGMA, Method
 from .common import check_finite, maps_bytes
 from .coreset import UPDATE_BLOCK_ELEMS, coreset_size, greedy_batched, sparse_random_projection
+from .knn import TILE_ELEMS, nearest
 from .memory import Shapes
-
-BLOCK_ELEMS = 1 << 24  # one distance block: 16M float32 = 64 MiB
-
-
-def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
-            block_elems: int = BLOCK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared Euclidean distance and index of each query's nearest bank row, in blocks."""
-    bank_sq = (bank * bank).sum(1) if bank_sq is None else bank_sq
-    q_sq = (queries * queries).sum(1)
-    n, m = queries.shape[0], bank.shape[0]
-    best = torch.full((n,), float("inf"), device=queries.device)
-    arg = torch.zeros(n, dtype=torch.long, device=queries.device)
-    cols = min(m, max(1, block_elems // 1024))
-    rows = max(1, block_elems // cols)
-    for c0 in range(0, m, cols):
-        c1 = min(c0 + cols, m)
-        bt = bank[c0:c1].t()
-        for r0 in range(0, n, rows):
-            r1 = min(r0 + rows, n)
-            part = torch.addmm(bank_sq[c0:c1].unsqueeze(0), queries[r0:r1], bt, beta=1.0, alpha=-2.0)
-            v, i = part.min(1)
-            better = v < best[r0:r1]  # strict: ties keep the lower bank index
-            best[r0:r1] = torch.where(better, v, best[r0:r1])
-            arg[r0:r1] = torch.where(better, i + c0, arg[r0:r1])
-    return (best + q_sq).clamp_min_(0.0), arg
-
 
 def reweighted_score(patch_dist: torch.Tensor, nn_idx: torch.Tensor, patches: torch.Tensor,
                      bank: torch.Tensor, neighbors: int, bank_sq: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,7 +189,7 @@ class PatchCore(Method):
         for sl, feats in test.batches(self.layers, self.batch_size):
             e, (h, w) = self.embed(feats)
             check_finite(e, "patchcore test features")
-            d2, nn_idx = nearest(e, self.bank, self._bank_sq)
+            d2, nn_idx = nearest(e, self.bank)
             dist = d2.sqrt().view(-1, h * w)
             nn_idx = nn_idx.view(-1, h * w)
             e = e.view(dist.shape[0], h * w, -1)
@@ -265,5 +240,5 @@ class PatchCore(Method):
         """Peak RSS of predict: the bank and its norms, one embedded batch and its distance
         block, the grids, the anomaly maps and their finiteness mask."""
         hw, c, _ = self._sizes(shapes)
-        return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * BLOCK_ELEMS
+        return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * TILE_ELEMS
                 + 4.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)
