@@ -211,3 +211,19 @@ def test_the_workflows_commands_exist_with_the_flags_it_passes():
     assert f"--body-file {out}" in " ".join(runs)
 
 
+
+
+def test_the_top_level_usage_lists_every_commands_flags():
+    """`python -m anomaly_backbones --help` against each command's own `--help` (its argparse
+    parser): every command and every option it accepts appear in the top-level usage."""
+    top = subprocess.run([sys.executable, "-m", "anomaly_backbones", "--help"], cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    for cmd in ("backbones", "show", "report", "sweep", "pr-comment", "download"):
+        own = subprocess.run([sys.executable, "-m", "anomaly_backbones", cmd, "--help"], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert own.returncode == 0, own.stderr
+        line = next((x for x in top.splitlines() if x.strip().startswith(f"{cmd} ")), None)
+        assert line is not None, cmd
+        synopsis = own.stdout.split("\n\n")[0].replace("python -m anomaly_backbones", "")
+        for flag in set(re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", synopsis)):
+            assert flag in line, (cmd, flag)
