@@ -19,7 +19,7 @@ from .common import check_finite
 # libsvm's stopping tolerance for OC-SVM and SVDD (on SVDD's kernel scaled to largest k_ii = 1;
 # the RBF kernel has k_ii = 1 already). scikit-learn's default, 1e-3, stops early enough to swap
 # the ranks of close images, so OC-SVM and SVDD with the same nu would rank differently
-# (docs/performance_oneclass.md); the solution to 1e-6 costs no measurable time here.
+# (docs/performance.md, "OC-SVM, SVDD and DN2"); the solution to 1e-6 costs no measurable time here.
 LIBSVM_TOL = 1e-6
 
 
