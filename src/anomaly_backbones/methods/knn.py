@@ -79,7 +79,8 @@ def knn_mean_distance(queries: torch.Tensor, blocks: Iterable[torch.Tensor], kap
     return nearest_k(queries, blocks, kappa, buf)[0].sqrt_().mean(1)
 
 
-def nearest(queries: torch.Tensor, bank: torch.Tensor, block_elems: int = TILE_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(queries: torch.Tensor, bank: torch.Tensor,
+            block_elems: int = TILE_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
     """PatchCore's search: (n,) squared Euclidean distance and index of each query's nearest bank
     row, the bank taken in blocks of block_elems // 1024 rows."""
     cols = min(bank.shape[0], max(1, block_elems // 1024))

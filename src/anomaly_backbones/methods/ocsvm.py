@@ -11,7 +11,7 @@ anomalous; the boundary is 0).
 Device: the CPU whatever `device` says: libsvm (scikit-learn) has no GPU solver, and on a few
 hundred pooled vectors per category the solve takes milliseconds.
 
-Params (params["ocsvm"], defaults in the registry, methods/__init__.py): kernel (rbf | linear),
+Params (params["ocsvm"], defaults in OCSVM.PARAMS): kernel (rbf | linear),
 nu (0.1: an upper bound on the fraction of training images outside the boundary and a lower
 bound on the fraction of support vectors), gamma (RBF width: `scale` = 1 / (dim * variance of
 the standardized training vectors), scikit-learn's default, or a number).

@@ -11,7 +11,7 @@ reduced to `dim` by adaptive average pooling over channels (as the paper's code 
 With fewer channels than `dim` the vector is kept as it is (pooling "up" would only repeat
 channels and reweight the distance).
 
-Params (params["patchcore"], defaults in the registry, methods/__init__.py):
+Params (params["patchcore"], defaults in PatchCore.PARAMS):
 - layers: "auto" or a list of cached layers. "auto" takes the top-level `layers` without its
   first (shallowest) entry when there are 3 or more (the paper's layer2+layer3 of a 4-stage
   net; e.g. [blocks.1, blocks.2, blocks.4] -> [blocks.2, blocks.4]), else all of them.

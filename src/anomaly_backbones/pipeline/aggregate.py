@@ -1,4 +1,5 @@
-"""The aggregate stage's body (stages/06_aggregate.py): means over categories, per-category CSV, ROC plots.
+"""The aggregate stage's body (stages/06_aggregate.py): means over categories, per-category CSV,
+ROC plots.
 
 Quality and cost go to two files: metrics/metrics.json (run + every metric: a function of the
 params alone, so the same params give it bit for bit; an image-level method's pixel metrics are

@@ -1,4 +1,5 @@
-"""The extract stage's body (stages/03_extract.py): run the backbone once over prepared images; cache the layer maps (data/features).
+"""The extract stage's body (stages/03_extract.py): run the backbone once over prepared images;
+cache the layer maps (data/features).
 
 Every method reads this cache, so changing `methods` or a method's params never runs the
 network again. Weights are resolved before anything is written. `extract.engine` picks eager
