@@ -15,15 +15,16 @@ defective), drawn by the embedded synthetic generator (data.synthetic.sample: ea
 becomes a weave or granite category, each object a disc or chip one, with its own seed),
 `--scale` times as many (at least 2 train, 1 good and 1 defective test image per defect type).
 The images are drawn at `--resize` px and center-cropped to `--crop` px in memory, which is what
-the prepare stage does to a generated PNG (its resize to the image's own size is the identity),
+the prepare stage does to a generated PNG (its resize to the image's own size is the identity;
+data.images.center_crop),
 without writing and decoding 5,354 PNGs: "generate" is the drawing, "prepare" the crop.
 
 Per backbone: load_backbone + make_extractor ("load"); the forward pass alone (images already on
 the device as uint8, `ext.forward_device` of the eager extractor; ONNX Runtime, on the CPU only,
 has none: `ext.pixels` on an in-memory batch; the JSON's forward_how says which); then per
-category the extract stage's work (ext.stream and FeatureWriter into a temporary
-cache, `--cache-dtype`), every method's fit and predict on that cache (get_method(name)(params,
-layers, seed, device), params validated and resolved as the fit stage does), the image metrics
+category the extract stage's work (pipeline.extract.extract_split: ext.stream and FeatureWriter
+into a temporary cache, `--cache-dtype`), every method's fit and predict on that cache
+(pipeline.fit.fit_predict, the fit stage's: params validated and resolved), the image metrics
 and (unless --no-pixel-metrics) the pixel metrics; then the category's cache is deleted, so the
 disk holds one category's cache at a time (wide_resnet50_2's float32 cache of all of MVTec AD
 would be ~30 GB). No pooled features are written (the four pixel-level methods do not read them).
@@ -74,13 +75,15 @@ except ModuleNotFoundError:   # run from a checkout without the package installe
 from anomaly_backbones import device as D
 from anomaly_backbones.backbones import load_backbone
 from anomaly_backbones.backbones.ort_extractor import make_extractor
+from anomaly_backbones.data.images import center_crop
 from anomaly_backbones.data.synthetic import DEFECTS, sample, to_uint8
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet, FeatureWriter, layer_file
 from anomaly_backbones.files import replacing
-from anomaly_backbones.methods import get_method
 from anomaly_backbones.metrics import image_metrics, pixel_metrics
-from anomaly_backbones.params import resolve, validate
+from anomaly_backbones.pipeline.config import resolve, validate
+from anomaly_backbones.pipeline.extract import extract_split
+from anomaly_backbones.pipeline.fit import fit_predict
 from anomaly_backbones.resources import peak_rss_mb, usable_cpus
 from anomaly_backbones.runner import run
 
@@ -126,13 +129,12 @@ def generate(cat: dict, size: int, threads: int) -> list[tuple[str, np.ndarray, 
 
 
 def prepare(drawn, resize: int, crop: int) -> dict:
-    """The prepare stage's center crop -> train (N, S, S, 3) uint8, test images, masks (M, S, S)
-    bool, labels (M,) (1 = defective)."""
-    o = (resize - crop) // 2
-    train = np.stack([im[o:o + crop, o:o + crop] for split, im, _ in drawn if split == "train"])
+    """The prepare stage's center crop (data.images.center_crop) -> train (N, S, S, 3) uint8, test
+    images, masks (M, S, S) bool, labels (M,) (1 = defective)."""
+    train = np.stack([center_crop(im, crop) for split, im, _ in drawn if split == "train"])
     test = [(im, m) for split, im, m in drawn if split == "test"]
-    masks = np.stack([m[o:o + crop, o:o + crop] if m is not None else np.zeros((crop, crop), bool) for _, m in test])
-    return {"train": train, "test": np.stack([im[o:o + crop, o:o + crop] for im, _ in test]), "masks": masks,
+    masks = np.stack([center_crop(m, crop) if m is not None else np.zeros((crop, crop), bool) for _, m in test])
+    return {"train": train, "test": np.stack([center_crop(im, crop) for im, _ in test]), "masks": masks,
             "labels": np.array([int(m is not None) for _, m in test])}
 
 
@@ -175,38 +177,18 @@ def forward_rate(ext, images: np.ndarray, batch_size: int, dev: torch.device, n_
     return done / (time.perf_counter() - t), how
 
 
-def extract(ext, images: np.ndarray, batch_size: int, writer: FeatureWriter, split: str) -> tuple[float, float]:
-    """The extract stage's loop (ext.stream, then FeatureWriter.write) -> (seconds, of which the
-    extractor's: copies, normalization and forward pass)."""
-    pixels, t0 = 0.0, time.perf_counter()
-    for rows, feats, seconds in ext.stream(images, batch_size):
-        if rows.start == 0:
-            writer.open(split, len(images), {k: tuple(v.shape[1:]) for k, v in feats.items()})
-        writer.write(split, feats)
-        pixels += seconds
-    return time.perf_counter() - t0, pixels
-
-
-def fit_predict(method: str, p: dict, cache: Path, data: dict, dev: torch.device, pixel: bool) -> dict:
-    """One method on one category's cache, as stages/04_fit.py runs it: seconds of fit, predict,
-    metrics; peak memory of fit + predict; image (and pixel) ROC-AUC; the resolved params."""
-    train, test = FeatureSet(cache, "train"), FeatureSet(cache, "test")
-    r = resolve(p, shapes=train.meta["shapes"])
-    m = get_method(method)(r[method], r["layers"], p["seed"], device=dev)
-    reset_peak(dev)
-    t0 = time.perf_counter()
-    m.fit(train)
-    D.synchronize(dev)
-    t1 = time.perf_counter()
-    scores, maps = m.predict(test)
-    D.synchronize(dev)
-    t2 = time.perf_counter()
-    out = {"fit_s": t1 - t0, "predict_s": t2 - t1, "peak_bytes": peak(dev), "params": r[method]}
-    del m
-    res = image_metrics(data["labels"], scores)
-    if pixel and maps is not None:
-        res.update(pixel_metrics(data["masks"], maps))
-    out.update(metrics_s=time.perf_counter() - t2, image_auroc=res["image_auroc"], pixel_auroc=res.get("pixel_auroc"))
+def fit_and_score(method: str, p: dict, cache: Path, data: dict, dev: torch.device, pixel: bool) -> dict:
+    """One method on one category's cache through pipeline.fit.fit_predict (what the fit stage
+    runs): seconds of fit, predict, metrics; peak memory of fit + predict; image (and pixel)
+    ROC-AUC; the resolved params."""
+    s = fit_predict(method, p, FeatureSet(cache, "train"), FeatureSet(cache, "test"), dev,
+                    before=lambda: reset_peak(dev))
+    out = {"fit_s": s.fit_s, "predict_s": s.predict_s, "peak_bytes": peak(dev), "params": s.params}
+    t = time.perf_counter()
+    res = image_metrics(data["labels"], s.scores)
+    if pixel and s.maps is not None:
+        res.update(pixel_metrics(data["masks"], s.maps))
+    out.update(metrics_s=time.perf_counter() - t, image_auroc=res["image_auroc"], pixel_auroc=res.get("pixel_auroc"))
     return out
 
 
@@ -273,7 +255,12 @@ def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save, f
             writer = FeatureWriter(cache, {"backbone": bb.name, "init": bb.init, "layers": layers,
                                            "image_size": args.crop, "engine": engine}, args.cache_dtype)
             reset_peak(dev)
-            ex = [extract(ext, d[split], args.batch_size, writer, split) for split in ("train", "test")]
+            ex = []
+            for split in ("train", "test"):   # the extract stage's loop, without the pooled cache
+                t = time.perf_counter()
+                pixels, _ = extract_split(ext, d[split], args.batch_size, writer, split,
+                                          f"extract {bb.name} {name} {split}")
+                ex.append((time.perf_counter() - t, pixels))
             writer.meta["ms_per_image"] = 1000.0 * ex[1][1] / len(d["test"])   # the test split's, as the stage's
             writer.close()
             shapes, extract_peak = FeatureSet(cache, "train").meta["shapes"], peak(dev)
@@ -293,7 +280,7 @@ def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save, f
         for m in args.methods:
             acc = row["methods"][m]
             try:
-                r = fit_predict(m, p, cache, d, dev, not args.no_pixel_metrics)
+                r = fit_and_score(m, p, cache, d, dev, not args.no_pixel_metrics)
             except Exception as e:  # noqa: BLE001 - recorded, the next method goes on
                 fail(bb.name, name, m, e)
                 acc["failed"].append(name)

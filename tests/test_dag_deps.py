@@ -99,9 +99,9 @@ def method_module(name: str) -> str:
 
 
 def methods_reading(reads: str) -> list[str]:
-    from anomaly_backbones.methods import METHODS
+    from anomaly_backbones.methods import METHODS, get_method
 
-    return sorted(n for n, spec in METHODS.items() if spec.reads == reads)
+    return sorted(n for n in METHODS if get_method(n).reads == reads)
 
 
 def stages() -> list[tuple[str, dict, set[str]]]:
@@ -163,14 +163,16 @@ def test_every_dep_exists_or_is_another_stages_output(name, stage, roots):
 
 
 def test_the_closure_follows_function_level_and_relative_imports():
-    """On the package itself: params/__init__ imports data.datasets inside a function, relatively;
+    """On the package itself: methods/__init__ imports its base inside a function, relatively;
     the registry module reads registry.yaml by name (checked against the source, not the code
     under test: a grep of the files)."""
-    params_init = SRC / PKG / "params" / "__init__.py"
-    src = params_init.read_text()
-    direct = imports_of(params_init, f"{PKG}.params")
+    methods_init = SRC / PKG / "methods" / "__init__.py"
+    src = methods_init.read_text()
+    direct = imports_of(methods_init, f"{PKG}.methods")
+    assert f"{PKG}.methods.base" in direct
     for line in src.splitlines():
         m = re.match(r"\s+from \.\.(\w+)(?:\.(\w+))? import", line)   # indented: inside a function
+        # (methods/__init__ has `from .base import` only: one level up names none here)
         if m:
             assert f"{PKG}.{m.group(1)}" in direct
             if m.group(2):
@@ -191,9 +193,38 @@ def suggested_deps(stage: dict, roots: set[str]) -> list[str]:
     return sorted(paths)
 
 
+def write_deps(path: Path = ROOT / "dvc.yaml") -> None:
+    """Rewrite each stage's code deps (stages/, src/) in dvc.yaml to suggested_deps, keeping its
+    other deps (data, outputs of other stages) and every comment: a text edit of the deps lists."""
+    want: dict[str, set[str]] = {}
+    for name, st, roots in STAGES:
+        want.setdefault(name.split("@")[0], set()).update(suggested_deps(st, roots))
+    lines, out, stage, i = path.read_text().splitlines(keepends=True), [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^  (\w+):\s*$", line)
+        if m:
+            stage = m.group(1)
+        out.append(line)
+        i += 1
+        if stage in want and line.strip() == "deps:":
+            indent = len(line) - len(line.lstrip()) + 2
+            kept = []
+            while i < len(lines) and lines[i].startswith(" " * indent + "- "):
+                item = lines[i].strip()[2:]
+                if not item.startswith(("stages/", "src/")):
+                    kept.append(lines[i])
+                i += 1
+            out += [f"{' ' * indent}- {d}\n" for d in sorted(want[stage], key=lambda d: (not d.startswith("stages/"), d))]
+            out += kept
+    path.write_text("".join(out))
+
+
 if __name__ == "__main__":
     import sys
 
     sys.path.insert(0, str(ROOT / "tests"))
+    if "--write" in sys.argv:
+        write_deps()
     for name, st, roots in STAGES:
         print(f"{name}:", *suggested_deps(st, roots), sep="\n  - ")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anomaly_backbones.dvc_client import exp_show
 from anomaly_backbones.params import set_params as _set_params
 from conftest import MTD_ROOT, ROOT
 
@@ -69,14 +70,20 @@ def test_repro_writes_metrics_and_second_repro_is_a_noop(clone):
 
 
 def test_changing_a_method_param_reuses_the_feature_cache(clone):
+    """padim.d=20 as an experiment: only fit@padim (and aggregate) run, the metrics change, and
+    DVC's own readers (metrics diff, exp show) report the file's new values and the param."""
     sh(["dvc", "repro"], cwd=clone)
+    before = json.loads((clone / "metrics" / "metrics.json").read_text())
     r = sh(["dvc", "exp", "run", "-S", "padim.d=20"], cwd=clone)
     assert "Running stage 'extract'" not in r.stdout and "Running stage 'prepare'" not in r.stdout
     assert "Running stage 'fit@padim'" in r.stdout
-    diff = sh(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=clone)
-    assert "padim.image_auroc" in diff.stdout or "image_auroc" in diff.stdout
-    shown = json.loads(sh(["dvc", "exp", "show", "--json"], cwd=clone).stdout)
-    assert len(shown) >= 1
+    after = json.loads((clone / "metrics" / "metrics.json").read_text())
+    assert after["padim"]["pixel_auroc"] != before["padim"]["pixel_auroc"]   # another d, another model
+    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=clone).stdout)
+    assert diff["metrics/metrics.json"]["padim.pixel_auroc"]["new"] == after["padim"]["pixel_auroc"]
+    exps = [e for e in exp_show(clone, all_commits=False) if e.kind == "experiment"]
+    ran = [e for e in exps if e.params.get("padim", {}).get("d") == 20]
+    assert ran and ran[0].files["metrics/metrics.json"]["padim"] == after["padim"]
 
 
 def test_same_params_give_bit_identical_metrics_json(clone):

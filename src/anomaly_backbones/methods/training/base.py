@@ -34,6 +34,7 @@ import torch
 from ...backbones import normalize
 from ...device import synchronize, to_device
 from ...resources import BASELINE_BYTES
+from ...params.schema import Param
 from ..base import Method
 from .trunk import PrefixCache, Trunk, resolve_frozen
 
@@ -55,8 +56,23 @@ class ImageSet:
         return int(self.images.shape[1])
 
 
+def trained_params(epochs, batch_size: int, lr: float, frozen: str, **extra: Param) -> dict[str, Param]:
+    """The params every method that trains the backbone has (defaults: its published recipe)."""
+    return {
+        "epochs": Param(epochs, int, low=0, special=("auto",) if epochs == "auto" else ()),
+        "batch_size": Param(batch_size, int, low=1, help="training images per step (memory grows with it)"),
+        "lr": Param(lr, float, low=0, low_open=True),
+        **extra,
+        "frozen_through": Param(frozen, str, help="auto (registry's 2nd layer) | none | a module name"),
+        "test_curve": Param(False, bool, help="test ROC-AUC per epoch for the curve (never picks the epoch)"),
+    }
+
+
 class ImageMethod(Method):
     """Base of deep_svdd, panda, msc and doc (see the module docstring)."""
+
+    level = "image"
+    reads = "images"
 
     uses_prefix_cache = False   # True where no augmentation changes the frozen prefix's input
 
