@@ -66,21 +66,21 @@ def test_a_failing_step_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, c
     file (a hard link to the old one keeps its bytes); the report from the JSON alone is the table."""
     gpu = load_script()
     calls = {"extract": 0}
-    real_extract, real_fit = gpu.extract, gpu.fit_predict
+    real_extract, real_fit = gpu.extract_split, gpu.fit_and_score
 
-    def extract(ext, images, batch_size, writer, split):
+    def extract_split(ext, images, batch_size, writer, split, desc):
         calls["extract"] += 1
         if writer.dir.name == "carpet" and split == "test":   # after the train split was written
             raise OSError("No space left on device")
-        return real_extract(ext, images, batch_size, writer, split)
+        return real_extract(ext, images, batch_size, writer, split, desc)
 
-    def fit_predict(method, p, cache, data, dev, pixel):
+    def fit_and_score(method, p, cache, data, dev, pixel):
         if method == "spade" and cache.name == "cable":
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nsecond line")
         return real_fit(method, p, cache, data, dev, pixel)
 
-    monkeypatch.setattr(gpu, "extract", extract)
-    monkeypatch.setattr(gpu, "fit_predict", fit_predict)
+    monkeypatch.setattr(gpu, "extract_split", extract_split)
+    monkeypatch.setattr(gpu, "fit_and_score", fit_and_score)
     out = tmp_path / "gpu.json"
     out.write_text("old")
     os.link(out, tmp_path / "old.json")
