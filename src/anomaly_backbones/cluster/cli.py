@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ..errors import UserError
@@ -92,7 +93,9 @@ def main_cluster(a, backbones: list[str], base: dict) -> None:
         cplan.check_clean(root)
         ctx = None
     else:
+        t = time.perf_counter()
         ctx = cplan.publish_baseline(root, a.git_remote, a.dvc_remote)
+        t_publish = time.perf_counter() - t
     todo_plan = plan_sweep(base, backbones, a.init, a.set_param, experiment_states(exp_show(root, all_commits=True)))
     todo = [p for p in todo_plan if not p["skip"]]
     print(f"sweep on {a.engine}: {len(todo_plan)} backbone(s), init={a.init}; "
@@ -123,6 +126,7 @@ def main_cluster(a, backbones: list[str], base: dict) -> None:
             print("not waiting: `python -m anomaly_backbones sweep --collect` pulls what has finished.")
             return
     progress = Progress([s["name"] for s in specs], desc=f"sweep ({a.engine})")
+    t_run = time.perf_counter()
     try:
         if a.engine == "ray":
             from . import ray_engine
@@ -132,8 +136,11 @@ def main_cluster(a, backbones: list[str], base: dict) -> None:
             results = slurm_engine.wait(jobs, specs, progress)
     finally:
         progress.close()
+    t_run, t = time.perf_counter() - t_run, time.perf_counter()
     cplan.pull_results(ctx, [r["name"] for r in results if r["status"] in ("success", "exists")])
     failed = _report(results)
+    print(f"driver: publish {t_publish:.1f}s (push HEAD, baseline + run-cache, exp pull), experiments "
+          f"{t_run:.1f}s, final exp pull {time.perf_counter() - t:.1f}s")
     print("next: python -m anomaly_backbones report")
     if failed:
         raise SystemExit(1)

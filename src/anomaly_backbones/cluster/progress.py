@@ -19,7 +19,7 @@ class Progress:
 
     def update(self, name: str, state: str, node: str | None = None) -> None:
         before = self.states.get(name)
-        if before in FINISHED:
+        if before in FINISHED or (before == state and (node is None or self.nodes.get(name) == node)):
             return
         self.states[name] = state
         if node:

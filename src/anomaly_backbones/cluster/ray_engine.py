@@ -52,7 +52,7 @@ def run(specs: list[dict], address: str, gpus: float, progress, poll: float = 1.
         return run_experiment(spec)
 
     remote = ray.remote(task).options(num_cpus=1, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=False)
-    refs = {remote.remote(s, board): s for s in specs}
+    refs = {remote.remote({**s, "ray": True}, board): s for s in specs}
     pending, results = list(refs), []
     try:
         while pending:

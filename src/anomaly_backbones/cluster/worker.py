@@ -3,7 +3,7 @@
     run_experiment(spec) -> {"name", "status", "node", "error", "rev", "seconds": {...}}
 
 spec (built by cluster.plan.make_specs, plain data so that any engine can ship it):
-    name, sets (the -S values), git_url, commit, dvc_remote (name), dvc_url (or None)
+    name, sets (the -S values), git_url, commit, dvc_remote (name), dvc_url (or None), ray (bool)
 
 Steps, in node-local scratch (ANOMALY_BACKBONES_SCRATCH, default <tmp>/anomaly-backbones-sweep):
  1. the experiment's ref already on the git remote (an earlier attempt pushed it, then its node
@@ -154,6 +154,11 @@ def run_experiment(spec: dict) -> dict:
         secs["clone"] = time.perf_counter() - t
         t = time.perf_counter()
         run_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(work / "src"), env.get("PYTHONPATH")]))}
+        if spec.get("ray"):
+            # Ray sets OMP_NUM_THREADS=<the task's CPUs> (1): torch would sum in another order than a local
+            # run on the same machine, and the metrics would differ in the 6th decimal (measured). The
+            # stages run with torch's own default, as `dvc exp run` does here.
+            run_env.pop("OMP_NUM_THREADS", None)
         cmd = ["dvc", "exp", "run", "--pull", "-n", name] + [x for s in spec["sets"] for x in ("-S", s)]
         r = _sh(cmd, work, run_env, guard=True)
         secs["run"] = time.perf_counter() - t
