@@ -40,6 +40,7 @@ TINY = {"backbone": "tf_efficientnet_lite0", "init": "imagenet", "methods": ["pa
         "synthetic.categories": ["chip"], "synthetic.n_train": 6, "synthetic.n_good_test": 3,
         "synthetic.n_defect_test": 2, "latency.runs": 0, "extract.engine": "eager"}
 BACKBONES = ["resnet18", "squeezenet1_1", "mobilenet_v3_small"]
+SUMMARY = re.compile(r"^  (success|exists|failed) +(\S+) on (\S+)", re.M)   # the driver's line per experiment
 PIPELINE = ("dvc.yaml", ".gitignore", "stages", "src", ".dvc/config", ".dvc/plots", "pyproject.toml")
 
 
@@ -171,8 +172,9 @@ def test_ray_sweep_survives_a_dead_node(project):
     exps = [e for e in entries if e.kind == "experiment"]
     assert sorted(e.name for e in exps) == sorted(names) and all(e.state == "success" for e in exps), exps
     assert sorted(e.params["backbone"] for e in exps) == sorted(BACKBONES)
-    summary = [ln.split() for ln in out.splitlines() if ln.startswith("  ") and ln.split()[0] in ("success", "failed")]
+    summary = [m.groups() for m in SUMMARY.finditer(out)]
     assert sorted(x[1] for x in summary) == sorted(names) and {x[0] for x in summary} == {"success"}, out
+    assert len({x[2] for x in summary}) == 1, out   # a died during its first one: all finished on b
     # node b's scratch is empty (clones removed); node a's dead clone stays until a worker there starts
     assert not list(cluster.scratch["b"].glob("*--*"))
     assert [d.name.split("--")[2] for d in cluster.scratch["a"].glob("*--*")] == [killed]
@@ -216,8 +218,7 @@ def test_killed_driver_rerun_runs_nothing_twice(project):
     out = cluster.run(args, a).stdout
     m = re.search(r"(\d) skipped, (\d) to run", out)
     assert m and int(m.group(1)) + int(m.group(2)) == 2 and int(m.group(1)) >= len(published), out
-    summary = {ln.split()[1]: ln.split()[0] for ln in out.splitlines()
-               if ln.startswith("  ") and ln.split()[0] in ("success", "exists", "failed")}
+    summary = {m.group(2): m.group(1) for m in SUMMARY.finditer(out)}
     # nothing published before the rerun ran again; the rest ran once, and nothing failed
     assert not any(summary.get(n) == "success" for n in published), out
     assert "failed" not in summary.values(), out
