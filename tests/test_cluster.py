@@ -29,7 +29,8 @@ from anomaly_backbones.dvc_client import parse_exp_show
 from anomaly_backbones.sweep import apply_overrides
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.geteuid() != 0, reason="unshare -n needs root (CI runs as root)")]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
        # a dead node is declared dead after ~3 s instead of ~30 s
