@@ -260,3 +260,20 @@ def test_slurm_engine_on_submitits_local_executor(project):
     assert sigma3 == new
     again = sh(args, cwd=a).stdout
     assert "2 skipped, 0 to run" in again, again
+
+
+def test_an_experiment_that_fails_by_itself_returns_its_first_error_line(project, monkeypatch, tmp_path):
+    """The worker function on its own (no engine): a bad param fails in prepare; the result says so in
+    one line (a normal return, so Ray does not retry it), nothing is published, the clone is gone."""
+    from anomaly_backbones.cluster.worker import run_experiment
+
+    a, origin = project["a"], project["origin"]
+    monkeypatch.setenv("ANOMALY_BACKBONES_SCRATCH", str(tmp_path / "scratch"))
+    before = remote_exps(origin)
+    spec = {"name": "bad-dataset", "sets": ["backbone=resnet18", "init=random", "data.dataset=nonexistent"],
+            "git_url": str(origin), "commit": sh(["git", "rev-parse", "HEAD"], cwd=a).stdout.strip(),
+            "dvc_remote": "store", "dvc_url": None}
+    res = run_experiment(spec)
+    assert res["status"] == "failed" and "nonexistent" in res["error"] and "\n" not in res["error"], res
+    assert remote_exps(origin) == before
+    assert list((tmp_path / "scratch").iterdir()) == []
