@@ -17,7 +17,7 @@ commands:
   report [--out reports]            gather finished runs into tables, plots and one reports/index.html
   sweep (--family F | --backbones a,b | --all) [--init random] [-S k=v] [-j N] [--dry-run]
                                     queue one DVC experiment per backbone and run the queue
-    [--engine ray|slurm --address A]  or run them on a Ray cluster / Slurm (docs/reporting.md)
+                                    (--engine ray|slurm: on a Ray cluster or Slurm, docs/reporting.md)
   pr-comment [--base main]          PR comment from dvc metrics diff / dvc params diff
   download NAME DIR                 download a dataset (mvtec, visa, btad; mpdd: says how) into DIR (needs internet)
 """
