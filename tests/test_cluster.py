@@ -1,4 +1,5 @@
-"""`sweep --engine ray` on a real three-node Ray cluster (slow, about 4 minutes on 2 cores), and
+"""`sweep --engine ray` on a real three-node Ray cluster (slow: 19 min here under a load average of 15-22 from
+other work on 2 cores; the baseline `dvc repro` and six experiment runs dominate), and
 `--engine slurm` on submitit's local executor (no real Slurm here).
 
 The cluster: a head with no CPUs and two worker nodes with one CPU each, all `ray start`ed inside
