@@ -193,7 +193,17 @@ def test_ray_sweep_survives_a_dead_node(project):
     assert len({x[2] for x in summary}) == 1, out   # a died during its first one: all finished on b
     # node b's scratch is empty (clones removed); node a's dead clone stays until a worker there starts
     assert not list(cluster.scratch["b"].glob("*--*"))
-    assert [d.name.split("--")[2] for d in cluster.scratch["a"].glob("*--*")] == [killed]
+    dead = list(cluster.scratch["a"].glob("*--*"))
+    assert [d.name.split("--")[2] for d in dead] == [killed]
+    # and nothing still runs in it: the dead worker's `dvc exp run` and stages went with it (cluster.guard)
+    import psutil
+
+    def cwd(p):
+        try:
+            return p.cwd()
+        except psutil.Error:
+            return ""
+    assert not [p.pid for p in psutil.process_iter() if cwd(p).startswith(str(dead[0]))]
     # the same metrics bytes as the same experiment run locally (a fresh clone without the DVC remote:
     # every stage computed here). Only the killed-and-retried one: each run is ~1 min on 2 cores.
     local = project["base"] / "local"
