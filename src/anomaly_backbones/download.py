@@ -33,13 +33,18 @@ from .errors import UserError
 CHUNK = 1 << 22
 
 
-def main_download(argv: list[str]) -> None:
+def parser_download() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     names = ", ".join(n for n, d in DATASETS.items() if d.downloadable)
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones download",
                                  description=f"Download a dataset into DIR ({names}); needs internet.")
     ap.add_argument("name", help=names)
     ap.add_argument("dir")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main_download(argv: list[str]) -> None:
+    a = parser_download().parse_args(argv)
     download(a.name, a.dir)
 
 

@@ -202,7 +202,8 @@ def wait_for(names: dict[str, str], cwd: Path, jobs: int, poll: float, timeout: 
         time.sleep(poll)
 
 
-def main_sweep(argv: list[str] | None = None) -> None:
+def parser_sweep() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones sweep",
                                  description="Queue one DVC experiment per backbone and run the queue.")
     ap.add_argument("--family", action="append", default=[], help="a registry family (repeatable)")
@@ -216,10 +217,16 @@ def main_sweep(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-wait", action="store_true", help="queue and start the workers, do not wait")
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between progress checks (default 10)")
     ap.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
-    from .cluster.cli import add_arguments, collect, main_cluster
+    from .cluster.cli import add_arguments
 
     add_arguments(ap)   # --engine ray|slurm, --collect: the sweep beyond one machine (cluster/)
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_sweep(argv: list[str] | None = None) -> None:
+    from .cluster.cli import collect, main_cluster
+
+    a = parser_sweep().parse_args(argv or [])
     root = Path(".")
     if not (root / "dvc.yaml").exists():
         raise UserError("no dvc.yaml here: run the sweep from the project root.")

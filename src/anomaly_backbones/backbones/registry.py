@@ -12,10 +12,10 @@ from importlib import metadata, resources
 
 import yaml
 
-from .weights import SOURCES as WEIGHT_SOURCES
-
 REQUIRED = ("name", "family", "source", "model", "layers", "dim", "study_dim", "d", "mean", "std", "inits", "note")
 SOURCES = ("timm", "torchvision", "in-project")
+# how an init gets its weights: seeded (random) or a weights.SOURCES kind (weights.py checks the two agree)
+INIT_KINDS = ("seeded", "torchvision", "timm", "url", "pypi", "file")
 FACTS_FILE = "registry_facts.yaml"
 FACTS_LIBRARIES = ("torch", "torchvision", "timm")   # the facts hold for these versions only
 
@@ -47,7 +47,7 @@ def _check(entries) -> None:
         keys = list(inits)
         if not keys or keys[0] != "random" or len(keys) < 2:
             raise RuntimeError(f"{where}: inits must start with `random` followed by the default pretrained weights")
-        kinds = ("seeded", *WEIGHT_SOURCES)
+        kinds = INIT_KINDS
         for k, v in inits.items():
             kind = str(v).split(":", 1)[0]
             if kind not in kinds:

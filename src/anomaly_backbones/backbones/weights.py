@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from ..errors import UserError
 from . import caches
 from .caches import Location, find_first, url_file_name
+from .registry import INIT_KINDS, stored_facts
 
 
 @dataclass
@@ -312,6 +313,8 @@ class CheckpointFile(WeightSource):
 
 SOURCES: dict[str, type[WeightSource]] = {cls.kind: cls for cls in (
     TorchvisionWeights, TimmWeights, UrlWeights, PypiWeights, CheckpointFile)}
+if set(SOURCES) != set(INIT_KINDS) - {"seeded"}:   # the registry's vocabulary (registry sits below weights)
+    raise RuntimeError(f"registry.INIT_KINDS {INIT_KINDS} and weights.SOURCES {list(SOURCES)} disagree")
 
 
 def source_for(name: str, arch: str, key: str, how: str) -> WeightSource:
@@ -331,8 +334,6 @@ def default_source(entry: dict) -> WeightSource:
 def weights_offline(entry: dict) -> bool:
     """Are the default (`imagenet`) weights of a registry entry on this machine? No network; no
     torch either where registry_facts.yaml holds the entry's locations."""
-    from .registry import stored_facts
-
     try:
         source = default_source(entry)
         facts = stored_facts(entry["name"]) or {}
