@@ -205,7 +205,7 @@ def wait_for(names: dict[str, str], cwd: Path, jobs: int, poll: float, timeout: 
 def parser_sweep() -> argparse.ArgumentParser:
     """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones sweep",
-                                 description="Queue one DVC experiment per backbone and run the queue.")
+                                 description="One DVC experiment per backbone: DVC's queue here, or a Ray cluster or Slurm with --engine.")
     ap.add_argument("--family", action="append", default=[], help="a registry family (repeatable)")
     ap.add_argument("--backbones", action="append", default=[], help="comma-separated registry names")
     ap.add_argument("--all", action="store_true", help="every backbone in the registry")
