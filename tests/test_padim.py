@@ -62,7 +62,8 @@ def test_padim_finds_the_anomaly_and_is_deterministic(tmp_path, device):
         runs.append((scores, maps))
     assert maps.shape == (5, 16, 16)
     assert scores.argmax() == 0
-    assert np.unravel_index(maps[0].argmax(), maps[0].shape) >= (8, 8)
+    row, col = np.unravel_index(maps[0].argmax(), maps[0].shape)
+    assert row >= 8 and col >= 8   # the lower-right quadrant, where the anomaly is
     assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
     other = PaDiM({"d": 8}, ["a", "b"], seed=1)
     other.fit(FeatureSet(cache, "train"))
@@ -109,23 +110,16 @@ def test_constant_features_and_fewer_images_than_d_are_regularized(tmp_path, dev
     np.testing.assert_allclose(dist[1], np.sqrt(10 / 0.01), rtol=1e-4)
 
 
-def test_wide_resnet_d550_estimate_fits_8_gib():
-    """The study's heaviest PaDiM: WideResNet-50-2, d=550, 56x56 grid."""
-    m = PaDiM({"d": 550}, ["layer1", "layer2", "layer3"], seed=0)
-    m.grid, m.d = (56, 56), 550
-    assert 3.5 * 2**30 < m.fit_bytes(1000) < 8 * 2**30
-
-
-def test_gpu_estimates_are_the_device_arrays():
-    """On a GPU the guard reads device memory: the estimate is the arrays that live there (the
-    inverses, a chunk and its covariances), without the process baseline or the host's maps."""
+def test_memory_estimates_cover_the_arrays_the_fitted_model_holds(tmp_path):
+    """The estimates against the arrays a real fit leaves (their nbytes, measured): the fitted
+    model (means, inverse covariances) fits in fit_bytes, and predict_bytes holds the model plus
+    the maps it returns. Peaks, with the process, are bench/memory.py's figures."""
     from anomaly_backbones.resources import BASELINE_BYTES
 
-    est = {}
-    for dev in ("cpu", "cuda"):   # constructing on cuda allocates nothing
-        m = PaDiM({"d": 100, "chunk_mb": 64}, ["a"], seed=0, device=dev)
-        m.grid, m.d = (56, 56), 100
-        est[dev] = (m.fit_bytes(200), m.predict_bytes(100, 224))
-    inv_cov = 4.0 * 56 * 56 * 100 * 100
-    assert inv_cov < est["cuda"][0] < est["cpu"][0] - BASELINE_BYTES
-    assert 4.0 * 56 * 56 * 100 * 101 < est["cuda"][1] < est["cpu"][1] - BASELINE_BYTES
+    cache = _cache(tmp_path, n=12, m=5)
+    m = PaDiM({"d": 8}, ["a", "b"], seed=0)
+    m.fit(FeatureSet(cache, "train"))
+    model = sum(t.numel() * t.element_size() for t in (m.mean, m.inv_cov))
+    assert model <= m.fit_bytes(12) - BASELINE_BYTES
+    _, maps = m.predict(FeatureSet(cache, "test"))
+    assert model + maps.nbytes <= m.predict_bytes(5, 16) - BASELINE_BYTES

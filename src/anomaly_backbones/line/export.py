@@ -58,7 +58,7 @@ def fit_for_export(root: Path, p: dict, method: str, category: str):
     from ..features import FeatureSet
     from ..holdout import fit_split
     from ..methods import get_method
-    from ..params import resolve
+    from ..pipeline.config import resolve
 
     train = FeatureSet(root / FEATURES / category, "train")
     r = resolve(p, shapes=train.meta["shapes"])
@@ -168,9 +168,9 @@ def export_openvino(onnx_path: Path, dest: Path) -> list[str]:
     return [f"openvino/{f.name}" for f in sorted(dest.iterdir())]
 
 
-def main_export(argv: list[str] | None = None) -> None:
-    from ..params import load_params
-    from .scorers import EXPORTABLE, NOT_EXPORTED
+def parser_export() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
+    from .scorers import EXPORTABLE
 
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones export",
                                  description="Export the workspace's backbone + method + calibrated threshold as one "
@@ -183,7 +183,14 @@ def main_export(argv: list[str] | None = None) -> None:
     ap.add_argument("--check-images", type=int, default=None, help="test images checked against the pipeline "
                                                                    "(default: all)")
     ap.add_argument("--repo", default=".", help="project root")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_export(argv: list[str] | None = None) -> None:
+    from ..pipeline.config import load_params
+    from .scorers import EXPORTABLE, NOT_EXPORTED
+
+    a = parser_export().parse_args(argv or [])
     root = Path(a.repo).resolve()
     p = load_params(root / "params.yaml")
     methods = a.method or [m for m in p["methods"] if m in EXPORTABLE]

@@ -135,7 +135,8 @@ def predict(model: str | Path, inputs: list[str], out: str | Path, batch: int = 
             "threshold": card["threshold"]["image"]["threshold"], "csv": str(out / "predictions.csv")}
 
 
-def main_predict(argv: list[str] | None = None) -> None:
+def parser_predict() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones predict",
                                  description="Score images with an exported model: CSV of scores and decisions, "
                                              "overlays for flagged images.")
@@ -145,7 +146,11 @@ def main_predict(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8, help="images decoded at once (threads; default 8)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     ap.add_argument("--no-overlays", action="store_true", help="no PNG for flagged images")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_predict(argv: list[str] | None = None) -> None:
+    a = parser_predict().parse_args(argv or [])
     s = predict(a.model, a.images, a.out, a.batch, a.threads, not a.no_overlays, progress=sys.stderr.isatty())
     rate = "n/a" if s["images_per_s"] is None else f"{s['images_per_s']:.1f}"
     print(f"{s['images']} images: {s['flagged']} flagged, {s['scored'] - s['flagged']} good, {s['unreadable']} "

@@ -207,9 +207,8 @@ def text_lines(res: dict) -> list[str]:
     return lines
 
 
-def main_recommend(argv: list[str] | None = None) -> None:
-    from ..report.runs import gather
-
+def parser_recommend() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones recommend",
                                  description="The configuration to deploy among the finished runs of one dataset, "
                                              "the runner-up, and DeLong's paired test between them.")
@@ -222,7 +221,13 @@ def main_recommend(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the answer as JSON to FILE ('-' = stdout only JSON)")
     ap.add_argument("-A", "--all-commits", action="store_true", help="experiments on every commit")
     ap.add_argument("--repo", default=".", help="project root (default: the current folder)")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_recommend(argv: list[str] | None = None) -> None:
+    from ..report.runs import gather
+
+    a = parser_recommend().parse_args(argv or [])
     root = Path(a.repo)
     if not (root / "dvc.yaml").exists():
         raise UserError(f"{root.resolve()} has no dvc.yaml: run from the project root or pass --repo.")

@@ -30,11 +30,12 @@ import torch
 
 from ..device import to_device
 from ..errors import UserError
-from ..features import FeatureSet
-from .base import Method
-from .common import Scratch, across_cores, check_finite
+from ..features import MAP_BYTES, FeatureSet
+from ..resources import BASELINE_BYTES
+from ..params.schema import Param
+from .base import SIGMA, Method
+from .common import Scratch, across_cores, check_finite, maps_bytes
 from .grid import largest_grid, upsample_concat
-from .memory import PaDiMMemory
 
 EPS = 0.01
 PRODUCT_SPLIT = 8  # predict: the product with the inverse covariances is taken in this many parts per chunk
@@ -67,10 +68,15 @@ def _resolve_d(d, dim: int, registry_d) -> int:
     return int(d)
 
 
-class PaDiM(PaDiMMemory, Method):
+class PaDiM(Method):
     """Per-position Gaussians of the embedding; score = Mahalanobis distance."""
 
     name = "padim"
+    PARAMS = {
+        "d": Param("auto", int, low=1, special=("auto", "all"), help="kept channels (R_d); auto: the registry's"),
+        "chunk_mb": Param(256.0, float, low=0, low_open=True, help="a chunk's (positions, images, d) block"),
+        "sigma": SIGMA,
+    }
 
     def configure(self, p: dict) -> None:
         self.d_param = p["d"]
@@ -201,3 +207,34 @@ class PaDiM(PaDiMMemory, Method):
         bar.close()
         check_finite(out, f"features of {test.dir}")   # NaN/Inf survive the distance
         return None, out.reshape(-1, H, W)
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def fit_bytes(self, n: int) -> float:
+        """Peak RSS of fit on n images: the inverse covariances, and the larger of a chunk's read
+        (its (p, n, d) slice, plus mapped cache pages and gather temporaries) and its compute:
+        the slice, centred in place, then the covariance, Cholesky factor and inverse
+        (3 x p*d*d). With few images the d*d terms dominate the chunk. On a GPU: the device
+        memory of the same arrays (the inverses, the slice and the covariances live there; the
+        cache pages stay on the host)."""
+        H, W = self.grid
+        r0, r1 = self._row_chunks(n)[0]
+        p = (r1 - r0) * W
+        inv_cov = 4.0 * H * W * self.d * self.d
+        sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+        if self.device.type != "cpu":
+            return inv_cov + max(sl + cov, 3 * cov)
+        return BASELINE_BYTES + inv_cov + max(sl + 2 * MAP_BYTES, sl + cov, 3 * cov)
+
+    def predict_bytes(self, n: int, image_size: int) -> float:
+        """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
+        slice and a PRODUCT_SPLIT-th of its product with the inverse covariances, and the maps.
+        On a GPU: the device memory of the model, the slice and the product (the maps are made
+        on the host)."""
+        H, W = self.grid
+        r0, r1 = self._row_chunks(n)[0]
+        sl = 4.0 * n * self.d * (r1 - r0) * W
+        model = 4.0 * H * W * self.d * (self.d + 1)
+        if self.device.type != "cpu":
+            return model + sl + sl / PRODUCT_SPLIT
+        return (BASELINE_BYTES + model + sl + max(2 * MAP_BYTES, sl / PRODUCT_SPLIT) + 4.0 * n * H * W
+                + maps_bytes(n, image_size))

@@ -19,7 +19,8 @@ Writes into --out (default reports/):
   pareto.csv, pareto_<dataset>.png image ROC-AUC vs ms/image with the Pareto front (a file per device)
   latency.csv                      batch-1 deployment latency per run (metrics/latency.json)
   overlays/<method>_<category>.png image | ground truth | heat map, a few test images per category
-"""
-from .build import build_report, main_report
 
-__all__ = ["build_report", "main_report"]
+The package's __init__ imports nothing (import report.build for build_report): line/ reads
+report.runs, report.fmt and report.tables, and report.build reads line.recommend, so an __init__
+that imported build would make that a cycle.
+"""

@@ -103,7 +103,8 @@ def dataset_blocks(runs: list[Run], width: int, dataset: str | None = None) -> l
     return lines
 
 
-def main_show(argv: list[str] | None = None) -> None:
+def parser_show() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones show",
                                  description="The runs the report compares (HEAD's committed run, the base "
                                              "branch's, the experiments, the workspace) in one compact table: "
@@ -116,7 +117,11 @@ def main_show(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", default=None, help="only the runs on this dataset (default: every dataset, "
                                                     "one block each)")
     ap.add_argument("--repo", default=".", help="project root (default: the current folder)")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_show(argv: list[str] | None = None) -> None:
+    a = parser_show().parse_args(argv or [])
     root = Path(a.repo)
     if not (root / "dvc.yaml").exists():
         raise UserError(f"{root.resolve()} has no dvc.yaml: run from the project root or pass --repo.")
