@@ -113,7 +113,8 @@ def test_wide_resnet_d550_estimate_fits_8_gib():
     """The study's heaviest PaDiM: WideResNet-50-2, d=550, 56x56 grid."""
     m = PaDiM({"d": 550}, ["layer1", "layer2", "layer3"], seed=0)
     m.grid, m.d = (56, 56), 550
-    assert 3.5 * 2**30 < m.fit_bytes(1000) < 8 * 2**30
+    assert m.fit_bytes(1000) < 8 * 2**30 and m.predict_bytes(400, 224) < 8 * 2**30   # the pass: no model held
+    assert 3.5 * 2**30 < m.model_bytes() < 8 * 2**30      # the deployable model: every inverse
 
 
 def test_gpu_estimates_are_the_device_arrays():
@@ -126,6 +127,47 @@ def test_gpu_estimates_are_the_device_arrays():
         m = PaDiM({"d": 100, "chunk_mb": 64}, ["a"], seed=0, device=dev)
         m.grid, m.d = (56, 56), 100
         est[dev] = (m.fit_bytes(200), m.predict_bytes(100, 224))
-    inv_cov = 4.0 * 56 * 56 * 100 * 100
-    assert inv_cov < est["cuda"][0] < est["cpu"][0] - BASELINE_BYTES
-    assert 4.0 * 56 * 56 * 100 * 101 < est["cuda"][1] < est["cpu"][1] - BASELINE_BYTES
+    chunk_cov = 4.0 * 56 * 100 * 100     # one grid row's covariances (chunk_mb=64 gives one row)
+    assert 3 * chunk_cov < est["cuda"][0] < est["cpu"][0] - BASELINE_BYTES
+    assert 3 * chunk_cov < est["cuda"][1] < est["cpu"][1] - BASELINE_BYTES
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e3, 1e4])
+def test_random_init_scale_features_with_fewer_images_than_d_keep_the_regularizer(tmp_path, scale, device):
+    """Random-init backbones give features of 1e2..1e4 (variances 1e4..1e8): float32 rounds the
+    0.01*I away beside them and, with n < d, the covariance is singular (float32 Cholesky fails:
+    issue #29's resnet101 traceback). The affected positions are redone in float64: the distances
+    equal the float64 definition."""
+    rng = np.random.default_rng(0)
+    tr = (rng.normal(size=(10, 40, 3, 3)) * scale).astype(np.float32)
+    te = (rng.normal(size=(3, 40, 3, 3)) * scale).astype(np.float32)
+    cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
+    x = torch.from_numpy(tr).permute(2, 3, 0, 1).reshape(9, 10, 40)
+    x = x - x.mean(1, keepdim=True)
+    cov = torch.bmm(x.transpose(1, 2), x) / 9 + 0.01 * torch.eye(40)
+    assert (torch.linalg.cholesky_ex(cov)[1] != 0).any() == (scale >= 1e3)   # float32 fails (1e2: succeeds, inexact)
+    m = PaDiM({"d": 40}, ["a"], seed=0, device=device)
+    m.fit(FeatureSet(cache, "train"))
+    got = m.grid_scores(FeatureSet(cache, "test"))[1]
+    assert m.float64_positions == 9
+    want = np.empty((3, 9))
+    x64, t64 = tr.astype(np.float64).reshape(10, 40, 9), te.astype(np.float64).reshape(3, 40, 9)
+    for p in range(9):
+        c = np.cov(x64[:, :, p], rowvar=False) + 0.01 * np.eye(40)
+        dl = t64[:, :, p] - x64[:, :, p].mean(0)
+        want[:, p] = np.sqrt(np.einsum("nd,de,ne->n", dl, np.linalg.inv(c), dl))
+    np.testing.assert_allclose(got.reshape(3, 9), want, rtol=1e-4)
+
+
+def test_one_pass_equals_the_built_model_bit_for_bit(tmp_path):
+    """grid_scores fits and scores chunk by chunk and drops each chunk's inverses; the same
+    distances, bit for bit, as scoring against every position's inverse held at once (the
+    deployable model), for any chunking (chunk_mb itself moves the last bits: MKL's batches)."""
+    cache = _cache(tmp_path, big=9, small=4)
+    for chunk_mb in (1e-6, 0.005, 0.01, 1000):   # 1, 2 (train) / 3 (test), 3 / 9, and all 9 rows per chunk
+        m = PaDiM({"d": 9, "chunk_mb": chunk_mb}, ["a", "b"], seed=1024)
+        m.fit(FeatureSet(cache, "train"))
+        one_pass = m.grid_scores(FeatureSet(cache, "test"))[1]
+        assert m._model is None    # the pass kept no model
+        assert m.inv_cov.shape == (81, 9, 9) and m._model is not None   # built on first use
+        assert np.array_equal(m.grid_scores(FeatureSet(cache, "test"))[1], one_pass)

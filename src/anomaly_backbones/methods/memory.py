@@ -17,36 +17,46 @@ Shapes = dict[str, tuple[int, int, int]]
 
 
 class PaDiMMemory:
-    def fit_bytes(self, n: int) -> float:
-        """Peak RSS of fit on n images: the inverse covariances, and the larger of a chunk's read
-        (its (p, n, d) slice, plus mapped cache pages and gather temporaries) and its compute:
-        the slice, centred in place, then the covariance, Cholesky factor and inverse
-        (3 x p*d*d). With few images the d*d terms dominate the chunk. On a GPU: the device
-        memory of the same arrays (the inverses, the slice and the covariances live there; the
-        cache pages stay on the host)."""
-        H, W = self.grid
+    def _chunk_bytes(self, n: int) -> tuple[float, float]:
+        """(the (p, n, d) slice, one (p, d, d) array) of the first chunk for n images."""
+        W = self.grid[1]
         r0, r1 = self._row_chunks(n)[0]
         p = (r1 - r0) * W
-        inv_cov = 4.0 * H * W * self.d * self.d
-        sl, cov = 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+        return 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+
+    def model_bytes(self) -> float:
+        """The deployable model (`mean`, `inv_cov`: every position's mean and inverse
+        covariance, float32), what the latency stage exports."""
+        H, W = self.grid
+        return 4.0 * H * W * self.d * (self.d + 1)
+
+    def fit_bytes(self, n: int) -> float:
+        """Peak RSS of fitting one training chunk on n images: its (p, n, d) slice (plus mapped
+        cache pages and gather temporaries while it is read), centred in place and kept while the
+        covariances, Cholesky factors and inverses are made (3 x p*d*d; a float64 redo of some
+        positions is within that). On a GPU: the device memory of the same arrays."""
+        sl, cov = self._chunk_bytes(n)
         if self.device.type != "cpu":
-            return inv_cov + max(sl + cov, 3 * cov)
-        return BASELINE_BYTES + inv_cov + max(sl + 2 * MAP_BYTES, sl + cov, 3 * cov)
+            return sl + 3 * cov
+        return BASELINE_BYTES + max(sl + 2 * MAP_BYTES, sl + 3 * cov)
 
     def predict_bytes(self, n: int, image_size: int) -> float:
-        """Peak RSS of predict on n images: the fitted model, per chunk the centred (p, N, d)
-        slice and a PRODUCT_SPLIT-th of its product with the inverse covariances, and the maps.
-        On a GPU: the device memory of the model, the slice and the product (the maps are made
-        on the host)."""
+        """Peak RSS of the fit-and-score pass on n test images (after `fit` on `n_train`): a
+        training chunk being fitted, the inverses held for one test chunk (its own rows' and one
+        training chunk's), the centred (p, n, d) test slice and a PRODUCT_SPLIT-th of its product
+        with the inverses; the (n, h, w) distances and the maps. Bounded by chunk_mb, not by the
+        grid or d. On a GPU: the device memory of the chunk's arrays (maps are made on the host)."""
         from .padim import PRODUCT_SPLIT
 
         H, W = self.grid
-        r0, r1 = self._row_chunks(n)[0]
-        sl = 4.0 * n * self.d * (r1 - r0) * W
-        model = 4.0 * H * W * self.d * (self.d + 1)
+        n_train = getattr(self, "n_train", n)
+        tr, tr_cov = self._chunk_bytes(n_train)
+        te, te_cov = self._chunk_bytes(n)
+        held = te_cov + 2 * tr_cov + te + te / PRODUCT_SPLIT
+        chunk = max(held, tr + 3 * tr_cov + te_cov + tr_cov)   # fitting the next chunk while one is held
         if self.device.type != "cpu":
-            return model + sl + sl / PRODUCT_SPLIT
-        return (BASELINE_BYTES + model + sl + max(2 * MAP_BYTES, sl / PRODUCT_SPLIT) + 4.0 * n * H * W
+            return chunk
+        return (BASELINE_BYTES + max(chunk, te + held + 2 * MAP_BYTES) + 4.0 * n * H * W
                 + maps_bytes(n, image_size))
 
 
