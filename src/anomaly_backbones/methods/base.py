@@ -63,6 +63,8 @@ class Method:
     level: ClassVar[str] = "pixel"           # "pixel" (anomaly maps) | "image" (scores only)
     reads: ClassVar[str] = "features"        # "features" (the cache) | "images" (trains the backbone)
     PARAMS: ClassVar[dict[str, Param]] = {}  # set from the registry (methods/__init__.py)
+    deferred_fit_s: float = 0.0              # fitting done inside predict (PaDiM's one pass): seconds, so
+                                             # the fit stage books them as fit, not as per-image cost
 
     def __init__(self, params: dict | None, layers: list[str], seed: int = 1024, device="cpu"):
         self.params = check_group(self.name, self.PARAMS, params)

@@ -35,6 +35,7 @@ sigma (map blur).
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -208,8 +209,9 @@ class PaDiM(PaDiMMemory, Method):
         train, n, dev, W = self.train, self.n_train, self.device, self.grid[1]
         eye = to_device(torch.eye(self.d) * EPS, dev)
         scratch = Scratch()
-        self.float64_positions = 0
+        self.float64_positions, self.deferred_fit_s = 0, 0.0
         for r0, r1 in self._row_chunks(n):
+            t = time.perf_counter()
             xc = to_device(self._rows(train, r0, r1, scratch), dev)    # (p, n, d)
             mu = xc.mean(1)                                            # (p, d)
             check_finite(mu, f"features of {train.dir}")               # NaN/Inf survive a mean
@@ -224,6 +226,7 @@ class PaDiM(PaDiMMemory, Method):
                 inv[redo] = _inverse64(xc[redo], n).float()
                 self.float64_positions += int(redo.sum())
             del xc
+            self.deferred_fit_s += time.perf_counter() - t
             yield r0, r1, mu, inv
 
     def _build_model(self) -> None:
