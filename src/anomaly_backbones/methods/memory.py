@@ -33,12 +33,13 @@ class PaDiMMemory:
     def fit_bytes(self, n: int) -> float:
         """Peak RSS of fitting one training chunk on n images: its (p, n, d) slice (plus mapped
         cache pages and gather temporaries while it is read), centred in place and kept while the
-        covariances, Cholesky factors and inverses are made (3 x p*d*d; a float64 redo of some
-        positions is within that). On a GPU: the device memory of the same arrays."""
+        covariances, Cholesky factors and inverses are made (3 x p*d*d, 4 where float32 holds EPS at
+        only some positions and those are gathered; the float64 redo, a quarter of the chunk at a
+        time, is within that). On a GPU: the device memory of the same arrays."""
         sl, cov = self._chunk_bytes(n)
         if self.device.type != "cpu":
-            return sl + 3 * cov
-        return BASELINE_BYTES + max(sl + 2 * MAP_BYTES, sl + 3 * cov)
+            return sl + 4 * cov
+        return BASELINE_BYTES + max(sl + 2 * MAP_BYTES, sl + 4 * cov)
 
     def predict_bytes(self, n: int, image_size: int) -> float:
         """Peak RSS of the fit-and-score pass on n test images (after `fit` on `n_train`): a
@@ -53,7 +54,7 @@ class PaDiMMemory:
         tr, tr_cov = self._chunk_bytes(n_train)
         te, te_cov = self._chunk_bytes(n)
         held = te_cov + 2 * tr_cov + te + te / PRODUCT_SPLIT
-        chunk = max(held, tr + 3 * tr_cov + te_cov + tr_cov)   # fitting the next chunk while one is held
+        chunk = max(held, tr + 4 * tr_cov + te_cov + tr_cov)   # fitting the next chunk while one is held
         if self.device.type != "cpu":
             return chunk
         return (BASELINE_BYTES + max(chunk, te + held + 2 * MAP_BYTES) + 4.0 * n * H * W

@@ -219,12 +219,22 @@ class PaDiM(PaDiMMemory, Method):
             cov = torch.bmm(xc.transpose(1, 2), xc).div_(n - 1).add_(eye)
             lost = cov.diagonal(dim1=1, dim2=2).amax(1) * (self.d * 2.0 ** -24) >= EPS
             inv = torch.empty((r1 - r0) * W, self.d, self.d, dtype=torch.float32, device=dev)
-            across_cores(_inverse, cov, out=inv)
+            if bool(lost.any()):   # float32 only where it holds EPS; the others are done in float64 below
+                keep = (~lost).nonzero()[:, 0]
+                if len(keep):
+                    part = torch.empty(len(keep), self.d, self.d, dtype=torch.float32, device=dev)
+                    across_cores(_inverse, cov[keep], out=part)
+                    inv[keep] = part
+                    del part
+            else:
+                across_cores(_inverse, cov, out=inv)
             del cov  # not alive while the next chunk is read
-            redo = lost | inv[:, 0, 0].isnan()    # _inverse fills a failed matrix with NaN
-            if bool(redo.any()):
-                inv[redo] = _inverse64(xc[redo], n).float()
-                self.float64_positions += int(redo.sum())
+            redo = lost | inv[:, 0, 0].isnan()    # _inverse fills a failed matrix with NaN (keep: never lost)
+            if bool(redo.any()):   # a quarter of the chunk at a time: float64 arrays are twice the size
+                idx = redo.nonzero()[:, 0]
+                for part in torch.split(idx, max(1, len(inv) // 4)):
+                    inv[part] = _inverse64(xc[part], n).float()
+                self.float64_positions += len(idx)
             del xc
             self.deferred_fit_s += time.perf_counter() - t
             yield r0, r1, mu, inv
