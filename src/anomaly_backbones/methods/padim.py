@@ -233,7 +233,9 @@ class PaDiM(PaDiMMemory, Method):
             if bool(redo.any()):   # a quarter of the chunk at a time: float64 arrays are twice the size
                 idx = redo.nonzero()[:, 0]
                 for part in torch.split(idx, max(1, len(inv) // 4)):
-                    inv[part] = _inverse64(xc[part], n).float()
+                    out = torch.empty(len(part), self.d, self.d, dtype=torch.float32, device=dev)
+                    across_cores(lambda x: _inverse64(x, n), xc[part], out=out)   # copy_ casts to float32
+                    inv[part] = out
                 self.float64_positions += len(idx)
             del xc
             self.deferred_fit_s += time.perf_counter() - t
