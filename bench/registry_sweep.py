@@ -1,6 +1,6 @@
 """Every registry entry x {random, imagenet where its weights are available offline} through
 extract and every cache method (`reads = "features"`) on a tiny generated set: the check a
-developer runs before a release (#29). Prints one markdown table: backbone, init, engine (and
+developer runs before a release (#29). Prints one markdown table (a row as each finishes): backbone, init, engine (and
 why, where the extract stage said), extract s (the stage's wall time), and per method `ok` or
 the error's first line.
 
@@ -92,14 +92,15 @@ def run_one(name: str, init: str, methods: list[str], prepared: Path, work: Path
     return row
 
 
-def table(rows: list[dict], methods: list[str]) -> str:
+def table_head(methods: list[str]) -> str:
     head = ["backbone", "init", "engine", "extract s", *methods]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["backbone"], r["init"], r["engine"], f"{r['extract_s']:.0f}",
-                 *(r["methods"][m].replace("|", "/") for m in methods)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "| " + " | ".join(head) + " |\n|" + "---|" * len(head)
+
+
+def table_row(r: dict, methods: list[str]) -> str:
+    cells = [r["backbone"], r["init"], r["engine"], f"{r['extract_s']:.0f}",
+             *(r["methods"][m].replace("|", "/") for m in methods)]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main(argv=None) -> int:
@@ -135,16 +136,13 @@ def main(argv=None) -> int:
                 print(f"error: {script} failed: {first_error(out)}", file=sys.stderr)
                 return 2
     t0, rows = time.perf_counter(), []
+    print(table_head(methods), flush=True)   # a row as each backbone finishes: a long sweep's table survives a stop
     for e in entries:
         for init in a.inits.split(","):
             if init == "imagenet" and not weights_offline(e):
                 continue
             rows.append(run_one(e["name"], init, methods, data / "data" / "prepared", work, a.timeout, a.engine))
-            r = rows[-1]
-            print(f"{r['backbone']} {r['init']}: extract {r['extract_s']:.0f} s, " +
-                  ", ".join(f"{m} {v if v == 'ok' else 'FAILED'}" for m, v in r["methods"].items()),
-                  file=sys.stderr, flush=True)
-    print(table(rows, methods))
+            print(table_row(rows[-1], methods), flush=True)
     print(f"\n{len(rows)} runs, {sum(all(v == 'ok' for v in r['methods'].values()) for r in rows)} with every "
           f"method ok; {time.perf_counter() - t0:.0f} s")
     return 0 if all(all(v == "ok" for v in r["methods"].values()) for r in rows) else 1
