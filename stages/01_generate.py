@@ -8,7 +8,7 @@ from pathlib import Path
 
 from anomaly_backbones.data.synthetic import generate
 from anomaly_backbones.files import write_json
-from anomaly_backbones.params import load_params
+from anomaly_backbones.pipeline.config import load_params
 from anomaly_backbones.runner import run
 
 OUT = "data/synthetic"

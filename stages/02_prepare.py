@@ -3,7 +3,7 @@ from pathlib import Path
 
 from anomaly_backbones.data.datasets import load_dataset
 from anomaly_backbones.data.prepare import prepare_dataset
-from anomaly_backbones.params import load_params
+from anomaly_backbones.pipeline.config import load_params
 from anomaly_backbones.runner import run
 
 OUT = Path("data/prepared")

@@ -19,10 +19,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from anomaly_backbones.device import check_memory
 from anomaly_backbones.errors import UserError
 from anomaly_backbones.files import read_json, write_json
-from anomaly_backbones.params import load_params, resolve
-from anomaly_backbones.resources import check_memory, usable_cpus
+from anomaly_backbones.pipeline.config import load_params, resolve
+from anomaly_backbones.resources import usable_cpus
 from anomaly_backbones.runner import run
 
 PREPARED, FEATURES, OUT = Path("data/prepared"), Path("data/features"), Path("metrics/latency.json")

@@ -80,6 +80,8 @@ def test_entry_builds_random_offline_and_dim_matches(name):
     assert bb.init == "random:seed=0" and bb.entry["name"] == name
     assert not bb.model.training and next(bb.model.parameters()).dtype == torch.float32
     side = 96 if name == "inception_v3" else SMALL
+    step = getattr(bb.model, "stride", (1, 1))[0]   # transformers (backbones/tokens.py): whole patches
+    side = -(-side // step) * step
     feats = FeatureExtractor(bb.model, resolve_layers(name, "auto"))(_x(side=side))
     assert list(feats) == e["layers"]
     assert all(v.dim() == 4 and v.shape[0] == 1 and torch.isfinite(v).all() for v in feats.values())

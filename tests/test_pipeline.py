@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from anomaly_backbones.dvc_client import exp_show
 from anomaly_backbones.params import set_params as _set_params
 from conftest import MTD_ROOT, ROOT
 
@@ -68,14 +70,20 @@ def test_repro_writes_metrics_and_second_repro_is_a_noop(clone):
 
 
 def test_changing_a_method_param_reuses_the_feature_cache(clone):
+    """padim.d=20 as an experiment: only fit@padim (and aggregate) run, the metrics change, and
+    DVC's own readers (metrics diff, exp show) report the file's new values and the param."""
     sh(["dvc", "repro"], cwd=clone)
+    before = json.loads((clone / "metrics" / "metrics.json").read_text())
     r = sh(["dvc", "exp", "run", "-S", "padim.d=20"], cwd=clone)
     assert "Running stage 'extract'" not in r.stdout and "Running stage 'prepare'" not in r.stdout
     assert "Running stage 'fit@padim'" in r.stdout
-    diff = sh(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=clone)
-    assert "padim.image_auroc" in diff.stdout or "image_auroc" in diff.stdout
-    shown = json.loads(sh(["dvc", "exp", "show", "--json"], cwd=clone).stdout)
-    assert len(shown) >= 1
+    after = json.loads((clone / "metrics" / "metrics.json").read_text())
+    assert after["padim"]["pixel_auroc"] != before["padim"]["pixel_auroc"]   # another d, another model
+    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=clone).stdout)
+    assert diff["metrics/metrics.json"]["padim.pixel_auroc"]["new"] == after["padim"]["pixel_auroc"]
+    exps = [e for e in exp_show(clone, all_commits=False) if e.kind == "experiment"]
+    ran = [e for e in exps if e.params.get("padim", {}).get("d") == 20]
+    assert ran and ran[0].files["metrics/metrics.json"]["padim"] == after["padim"]
 
 
 def test_same_params_give_bit_identical_metrics_json(clone):
@@ -184,3 +192,34 @@ def test_killed_mid_write_leaves_nothing_trusted_and_rerun_matches(clone, stage,
     after = json.loads((clone / "metrics" / "metrics.json").read_text())
     assert after["padim"]["image_auroc"] == reference["padim"]["image_auroc"]
     assert after["padim"]["pixel_auroc"] == reference["padim"]["pixel_auroc"]
+
+
+def test_a_train_stage_runs_through_dvc_and_keeps_its_curves(clone):
+    """Every stage kind through DVC: `dvc exp run` with a train@ method (one epoch, the default
+    batch_size of 200 on 8 training images: the guard sizes the batch that exists) on the
+    embedded data lands its metrics in metrics.json and its training curves in DVC's cache, so
+    `dvc plots show` draws them for the experiment, and the workspace is clean afterwards."""
+    sh(["dvc", "repro"], cwd=clone)
+    before = json.loads((clone / "metrics" / "metrics.json").read_text())
+    r = sh(["dvc", "exp", "run", "-n", "svdd1", "-S", "train_methods=[deep_svdd]", "-S", "deep_svdd.epochs=1"],
+           cwd=clone)
+    assert "Running stage 'train@deep_svdd'" in r.stdout and "Running stage 'extract'" not in r.stdout
+    m = json.loads((clone / "metrics" / "metrics.json").read_text())
+    assert 0 <= m["deep_svdd"]["image_auroc"] <= 1 and m["deep_svdd"]["pixel_auroc"] is None
+    assert m["padim"] == before["padim"]
+    curves = clone / "metrics" / "train" / "deep_svdd"
+    losses = json.loads((curves / "metrics.json").read_text())
+    assert all(losses[c]["loss"] >= 0 for c in ("disc", "weave")) and losses["step"] == 1
+    tsv = sorted((curves / "plots" / "metrics").rglob("*.tsv"))
+    assert [p.relative_to(curves / "plots" / "metrics").as_posix() for p in tsv] == ["disc/loss.tsv", "weave/loss.tsv"]
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train@deep_svdd"]
+    cached = {o["path"] for o in lock["outs"] if "md5" in o}
+    assert {"metrics/train/deep_svdd/metrics.json", "metrics/train/deep_svdd/plots/metrics"} <= cached
+    shutil.rmtree(curves)   # gone from the workspace: DVC still has them for the experiment
+    shown = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], cwd=clone).stdout)
+    plots = {k: v for k, v in shown.get("data", shown).items() if "train/deep_svdd/plots/metrics" in k}
+    assert plots and all('"loss"' in json.dumps(v) for v in plots.values()), shown
+    shown = sh(["dvc", "exp", "show", "--json"], cwd=clone).stdout
+    assert "svdd1" in shown and "deep_svdd" in shown
+    sh(["dvc", "checkout"], cwd=clone)
+    assert "train@deep_svdd" not in sh(["dvc", "status"], cwd=clone).stdout

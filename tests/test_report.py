@@ -7,7 +7,6 @@ import csv
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -292,14 +291,34 @@ def test_closed_pipe_is_quiet(args):
         assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
 
 
-def test_workflow_and_plots_definitions():
+def test_the_roc_csvs_the_aggregate_writes_hold_every_field_the_plot_reads(tmp_path, monkeypatch):
+    """The aggregate stage's body on a one-category run: each metrics/roc CSV has the columns
+    dvc.yaml's plot (x, y) and the template .dvc/plots/roc.json (every `datum.<field>` but DVC's
+    own `rev`) read, and the curve's points."""
+    import csv
+
     import yaml
 
-    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    assert dvc_yaml["plots"] == [{"metrics/roc": {"x": "fpr", "y": "tpr", "template": "roc"}}]
+    from anomaly_backbones.files import write_json
+    from anomaly_backbones.pipeline.aggregate import aggregate
+
+    monkeypatch.chdir(tmp_path)
+    write_json("data/features/stats.json", {"backbone": "resnet18", "init": "random:seed=1024", "layers": ["layer1"],
+                                            "dtype": "float32", "categories": {"disc": {"cache_mb": 1.0}},
+                                            "peak_mb": 100.0})
+    cat = {"image_auroc": 0.75, "roc": {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 1.0, 1.0]}, "fit_s": 1.0,
+           "predict_ms_per_image": 2.0, "backbone_ms_per_image": 3.0}
+    write_json("outputs/padim/results.json", {"method": "padim", "categories": {"disc": cat}, "peak_mb": 200.0})
+    aggregate({"methods": ["padim"], "train_methods": [], "seed": 1024, "data": {"dataset": "synthetic"}})
+    plot = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"][0]["metrics/roc"]
     spec = (ROOT / ".dvc" / "plots" / "roc.json").read_text()
-    assert "<DVC_METRIC_DATA>" in spec and "image-level FPR" in spec and "image-level ROC: " in spec
-    assert Path(ROOT / "stages" / "06_aggregate.py").read_text().count('"fpr", "tpr", "method", "category"') == 1
+    fields = set(re.findall(r"datum\.(\w+)", spec)) - {"rev"}
+    with open(tmp_path / "metrics" / "roc" / "padim_disc.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {plot["x"], plot["y"]} | fields <= set(rows[0]), (fields, rows[0])
+    assert [(r["fpr"], r["tpr"], r["method"], r["category"], r["backbone"]) for r in rows] == [
+        ("0.0", "0.0", "padim", "disc", "resnet18"), ("0.5", "1.0", "padim", "disc", "resnet18"),
+        ("1.0", "1.0", "padim", "disc", "resnet18")]
 
 
 def test_overlays_note_image_level_methods_and_missing_outputs(tmp_path):

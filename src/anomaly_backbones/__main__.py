@@ -4,39 +4,42 @@ Output into a pipe that closes early (`... | head -1`) ends the command quietly 
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 from .runner import run
 
-USAGE = """usage: python -m anomaly_backbones <command> [options]
+# command -> (module, the suffix of its parser_<x> and main_<x>)
+COMMANDS = {
+    "backbones": ("backbones.cli", "backbones"),
+    "show": ("report.show", "show"),
+    "report": ("report.build", "report"),
+    "sweep": ("sweep", "sweep"),
+    "pr-comment": ("pr_comment", "pr_comment"),
+    "download": ("download", "download"),
+}
 
-commands:
-  backbones [--family F] [--json]   list the backbone registry (layers, dim, d, params, offline weights)
-  show [-A] [--width N]             the runs compared (HEAD, experiments, workspace): ROC-AUC and AUPRO per method
-  report [--out reports]            gather finished runs into tables, plots and one reports/index.html
-  sweep (--family F | --backbones a,b | --all) [--init random] [-S k=v] [-j N] [--dry-run]
-                                    queue one DVC experiment per backbone and run the queue
-  pr-comment [--base main]          PR comment from dvc metrics diff / dvc params diff
-  download NAME DIR                 download a dataset (mvtec, visa, btad; mpdd: says how) into DIR (needs internet)
-"""
+
+def _function(cmd: str, kind: str):
+    module, name = COMMANDS[cmd]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), f"{kind}_{name}")
+
+
+def usage() -> str:
+    """The commands' usage, generated from their argparse parsers (never out of step with them)."""
+    lines = ["usage: python -m anomaly_backbones <command> [options]", "", "commands:"]
+    for cmd in COMMANDS:
+        p = _function(cmd, "parser")()
+        synopsis = " ".join(p.format_usage().split()[1:]).replace("python -m anomaly_backbones ", "")
+        lines += [f"  {synopsis}", f"      {(p.description or '').split('. ')[0].rstrip('.')}"]
+    return "\n".join(lines) + "\n"
 
 
 def _command(cmd: str, rest: list[str]):
-    if cmd == "backbones":
-        from .backbones.cli import main_backbones as main
-    elif cmd == "show":
-        from .report.show import main_show as main
-    elif cmd == "report":
-        from .report import main_report as main
-    elif cmd == "sweep":
-        from .sweep import main_sweep as main
-    elif cmd == "pr-comment":
-        from .pr_comment import main_pr_comment as main
-    elif cmd == "download":
-        from .download import main_download as main
-    else:
+    if cmd not in COMMANDS:
         return None
+    main = _function(cmd, "main")
     return lambda: main(rest)
 
 
@@ -44,11 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if not argv or argv[0] in ("-h", "--help"):
-            print(USAGE)
+            print(usage())
         else:
             command = _command(argv[0], argv[1:])
             if command is None:
-                print(f"unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+                print(f"unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
                 sys.exit(2)
             run(command)
         sys.stdout.flush()

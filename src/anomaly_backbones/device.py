@@ -5,6 +5,7 @@ free memory read for the memory guards.
     use_device(dev)                   # once per process, before the first CUDA op (determinism)
     device_name(dev)                  # "NVIDIA H200" / the CPU's model name
     free_bytes(dev)                   # the GPU's free memory; None on the CPU (the RSS guard applies)
+    check_memory(estimate, what, fix, dev)  # stop before a step that would not fit (RSS or GPU memory)
     synchronize(dev); peak_bytes(dev) # timing and peak memory of GPU work
     model_device(model)               # where a model's parameters are
     autocast(dev, "bfloat16")         # reduced-precision forward pass; "float32" is a no-op
@@ -19,21 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 import torch
 
+from . import resources
 from .errors import UserError
+from .params.groups import DEVICES, check_device
 
-DEVICES = "auto | cpu | cuda | cuda:N"
 PRECISIONS = ("float32", "bfloat16", "float16")
-
-
-def check_device(v) -> str | None:
-    """Schema check of the `device` param's spelling (whether a GPU exists is resolve_device's)."""
-    if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
-        return None
-    return f"must be one of {DEVICES}"
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -74,9 +68,7 @@ def device_name(dev: torch.device) -> str:
     """The GPU's name, or the CPU's model name: what timed a row."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from .resources import cpu_model
-
-    return cpu_model() or "cpu"
+    return resources.cpu_model() or "cpu"
 
 
 def free_bytes(dev: torch.device) -> int | None:
@@ -130,3 +122,19 @@ def to_device(x, dev: torch.device, dtype: torch.dtype | None = None) -> torch.T
     if dev.type == "cuda" and t.device.type == "cpu":
         t = t.pin_memory().to(dev, non_blocking=True)
     return t.to(dev, dtype=dtype) if dtype is not None else t.to(dev)
+
+
+def check_memory(estimate: float, what: str, fix: str, device=None) -> None:
+    """Stop before a heavy step whose estimated peak (bytes) exceeds the memory available now,
+    with one line giving the estimate and `fix` (the param that lowers it). On the CPU (device
+    None or cpu) the estimate is peak RSS, baseline included, against MemAvailable; what the
+    process holds already is also outside MemAvailable, so the check errs on the safe side by
+    about that much. On a GPU it is the step's device memory against the GPU's free memory
+    (free_bytes)."""
+    if device is not None and getattr(device, "type", "cpu") != "cpu":
+        avail, where = free_bytes(device), f"free on {device}"
+    else:
+        avail, where = resources.available_bytes(), "available"
+    if avail is not None and estimate > avail:
+        raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is {where}; "
+                        f"{fix}")

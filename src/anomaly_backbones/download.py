@@ -33,13 +33,18 @@ from .errors import UserError
 CHUNK = 1 << 22
 
 
-def main_download(argv: list[str]) -> None:
+def parser_download() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     names = ", ".join(n for n, d in DATASETS.items() if d.downloadable)
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones download",
                                  description=f"Download a dataset into DIR ({names}); needs internet.")
     ap.add_argument("name", help=names)
     ap.add_argument("dir")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main_download(argv: list[str]) -> None:
+    a = parser_download().parse_args(argv)
     download(a.name, a.dir)
 
 
@@ -56,6 +61,9 @@ def download(name: str, dest: str | Path, timeout: float = 30.0, archive: Archiv
               f"-S data.dataset={spec.name} -S data.root={dest}")
         return dest
     archive = archive or spec.archive
+    if archive is None and spec.by_hand:
+        raise UserError(f"{spec.title} has no direct download: {spec.by_hand.format(home=spec.home, dest=dest)} "
+                        f"Then run this command again to check the copy.")
     if archive is None:
         raise UserError(f"{spec.title} has no direct download: its authors share it as a OneDrive folder, which "
                         f"needs a browser: {spec.home} . Download it there, unpack it so that "

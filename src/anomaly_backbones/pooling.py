@@ -128,9 +128,10 @@ class Tail:
             except UserError as e:
                 print(f"note: the tail to the last stage of {name!r} runs in eager PyTorch: {e}")
 
-    def __call__(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, feats: dict[str, torch.Tensor], images=None) -> torch.Tensor:
         """{cached layer: (B, C, h, w) CPU tensor} -> the last stage's (B, C', h', w') float32 CPU map
-        (on the CPU in float32: no copy or cast anywhere, the module's own output)."""
+        (on the CPU in float32: no copy or cast anywhere, the module's own output). `images`: unused
+        (ForwardTail's)."""
         if self.session is not None:
             x = {f"in{i}": np.ascontiguousarray(feats[layer], np.float32) for i, layer in enumerate(self.inputs)}
             return torch.from_numpy(self.session.run(None, x)[0])
@@ -202,3 +203,27 @@ class Tail:
         (float32; an upper bound of ONNX Runtime's arena, ort_extractor.ORT_ARENA = 4 largest
         activations, and of the activations under autocast)."""
         return 4.0 * WORKING * batch_size * self.largest
+
+
+class ForwardTail:
+    """The last stage from a second forward pass of the network on the images, where the cached
+    maps do not determine it: a ViT's later blocks read the class (and register) tokens, which
+    its maps on the patch grid drop (backbones/tokens.py). Same call as Tail, plus the batch's
+    uint8 images; eager PyTorch on the model's device under `precision`. Costs a forward pass to
+    the last block, recorded in `pooled_ms_per_image` as the Tail's time is."""
+
+    engine = "eager (second pass)"
+
+    def __init__(self, model: nn.Module, last: str, mean, std, image_size: int, precision: str = "float32"):
+        from .backbones.extractor import FeatureExtractor
+
+        self.last, self.inputs, self.image_size = last, [], image_size
+        self.ext = FeatureExtractor(model, [last], mean, std, model_device(model), precision)
+
+    def __call__(self, feats: dict[str, torch.Tensor], images: np.ndarray) -> torch.Tensor:
+        return self.ext.pixels(images)[self.last]
+
+    def estimate_bytes(self, batch_size: int) -> float:
+        from .resources import BASELINE_BYTES
+
+        return self.ext.estimate_bytes(batch_size, self.image_size) - BASELINE_BYTES

@@ -103,14 +103,19 @@ def dvc_diffs(base: str, cwd: str | Path = ".") -> tuple[str, str]:
     return diff_md("metrics", base, cwd), diff_md("params", base, cwd)
 
 
-def main_pr_comment(argv: list[str] | None = None) -> None:
+def parser_pr_comment() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones pr-comment",
                                  description="Print a PR comment from `dvc metrics diff` and `dvc params diff`.")
     ap.add_argument("--base", default="main", help="git revision to compare against (default main; in "
                                                    "GitHub Actions origin/<base branch>)")
     ap.add_argument("--title", default="this PR", help="what the workspace is called in the header")
     ap.add_argument("--out", help="also write the body to this file")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_pr_comment(argv: list[str] | None = None) -> None:
+    a = parser_pr_comment().parse_args(argv or [])
     if not Path("dvc.yaml").exists():
         raise UserError("no dvc.yaml here: run from the project root.")
     metrics_md, params_md = dvc_diffs(a.base)

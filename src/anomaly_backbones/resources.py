@@ -6,7 +6,6 @@ import os
 import resource
 from pathlib import Path
 
-from .errors import UserError
 
 # RSS of a stage process besides its arrays, included in every estimate: python, numpy, torch
 # and this package imported, what running torch's kernels adds (code pages, thread pools), and
@@ -61,21 +60,3 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def check_memory(estimate: float, what: str, fix: str, device=None) -> None:
-    """Stop before a heavy step whose estimated peak (bytes) exceeds the memory available now,
-    with one line giving the estimate and `fix` (the param that lowers it). On the CPU (device
-    None or cpu) the estimate is peak RSS, baseline included, against MemAvailable; what the
-    process holds already is also outside MemAvailable, so the check errs on the safe side by
-    about that much. On a GPU it is the step's device memory against the GPU's free memory
-    (anomaly_backbones.device.free_bytes)."""
-    if device is not None and getattr(device, "type", "cpu") != "cpu":
-        from .device import free_bytes
-
-        avail, where = free_bytes(device), f"free on {device}"
-    else:
-        avail, where = available_bytes(), "available"
-    if avail is not None and estimate > avail:
-        raise UserError(f"{what} needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is {where}; "
-                        f"{fix}")

@@ -3,6 +3,7 @@
     python -m anomaly_backbones sweep --family resnet --family efficientnet_lite
     python -m anomaly_backbones sweep --backbones resnet18,resnet50 --init random -S padim.d=100 -j 1
     python -m anomaly_backbones sweep --all --dry-run
+    python -m anomaly_backbones sweep --all --init random --engine ray --address auto   (cluster/cli.py)
 
 Per backbone: `dvc exp run --queue -S backbone=NAME -S init=INIT [-S ...]`, then `dvc queue start -j N`
 and wait (polling `dvc queue status`), printing progress. A backbone is skipped when a finished
@@ -201,9 +202,10 @@ def wait_for(names: dict[str, str], cwd: Path, jobs: int, poll: float, timeout: 
         time.sleep(poll)
 
 
-def main_sweep(argv: list[str] | None = None) -> None:
+def parser_sweep() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones sweep",
-                                 description="Queue one DVC experiment per backbone and run the queue.")
+                                 description="One DVC experiment per backbone: DVC's queue here, or a Ray cluster or Slurm with --engine.")
     ap.add_argument("--family", action="append", default=[], help="a registry family (repeatable)")
     ap.add_argument("--backbones", action="append", default=[], help="comma-separated registry names")
     ap.add_argument("--all", action="store_true", help="every backbone in the registry")
@@ -215,10 +217,21 @@ def main_sweep(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-wait", action="store_true", help="queue and start the workers, do not wait")
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between progress checks (default 10)")
     ap.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
-    a = ap.parse_args(argv or [])
+    from .cluster.cli import add_arguments
+
+    add_arguments(ap)   # --engine ray|slurm, --collect: the sweep beyond one machine (cluster/)
+    return ap
+
+
+def main_sweep(argv: list[str] | None = None) -> None:
+    from .cluster.cli import collect, main_cluster
+
+    a = parser_sweep().parse_args(argv or [])
     root = Path(".")
     if not (root / "dvc.yaml").exists():
         raise UserError("no dvc.yaml here: run the sweep from the project root.")
+    if a.collect:
+        return collect(root)
     if a.jobs < 1:
         raise UserError("-j must be >= 1")
     names = [n.strip() for chunk in a.backbones for n in chunk.split(",") if n.strip()]
@@ -231,6 +244,8 @@ def main_sweep(argv: list[str] | None = None) -> None:
         base = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"{PARAMS_FILE} could not be read: {e}") from None
+    if a.engine != "local":
+        return main_cluster(a, backbones, base)
     exps = experiment_states(dvc.exp_show(root, all_commits=True))
     plan = plan_sweep(base, backbones, a.init, a.set_param, exps)
     todo = [p for p in plan if not p["skip"]]

@@ -179,12 +179,18 @@ def build(spec: Spec, tv_weights=None) -> nn.Module:
     if spec.source == "timm":
         import timm
 
-        return timm.create_model(spec.arch, pretrained=False)
+        return timm.create_model(spec.arch, pretrained=False, **timm_kwargs(spec))
     if spec.source == "in-project":
         from .ibn import MODELS
 
         return MODELS[spec.arch]()
     raise RuntimeError(f"unknown source {spec.source!r}")
+
+
+def timm_kwargs(spec: Spec) -> dict:
+    """Constructor arguments of a timm registry entry (`kwargs`, e.g. dynamic_img_size for ViTs),
+    the same for every init so that random, file and pretrained give one architecture."""
+    return dict((spec.entry or {}).get("kwargs") or {})
 
 
 def seeded_build(spec: Spec, seed: int, tv_weights=None) -> nn.Module:

@@ -25,13 +25,18 @@ def _counts(entry: dict) -> dict[str, int]:
     return param_counts(entry["name"])
 
 
-def main_backbones(argv: list[str] | None = None) -> None:
+def parser_backbones() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones backbones",
                                  description="List the backbone registry: layers, dim, d, parameters (trunk up to "
                                              "the deepest default layer, full model), offline weights.")
     ap.add_argument("--family", help="only this family (e.g. resnet, efficientnet_lite)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_backbones(argv: list[str] | None = None) -> None:
+    a = parser_backbones().parse_args(argv or [])
     entries = registry()
     if a.family:
         fams = families()

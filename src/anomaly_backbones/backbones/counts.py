@@ -34,6 +34,7 @@ from .architectures import Spec, build, resolve_name, seeded_build, spec_of, str
 from .extractor import FeatureExtractor
 from .loader import resolve_layers
 from .registry import FACTS_FILE, library_versions, registry, stored_counts
+from .tokens import token_maps
 from .weights import default_source
 
 TRACE_SIDE = 96   # input side of the tracing pass; Inception v3 needs >= 75 px. Which parameters run
@@ -59,13 +60,13 @@ def count_built(spec: Spec, layers: list[str]) -> dict[str, int]:
             with torch.device("meta"):
                 model = build(spec)
             strip_aux(model, spec.arch)
-            return count_model(model, layers)
+            return count_model(token_maps(model, spec.entry, spec.name), layers)
         except UserError:
             raise
         except Exception:  # noqa: BLE001 - meta tensors are unsupported somewhere in this model
             model = seeded_build(spec, 0)
             strip_aux(model, spec.arch)
-            return count_model(model, layers)
+            return count_model(token_maps(model, spec.entry, spec.name), layers)
 
 
 def count_model(model: nn.Module, layers: list[str]) -> dict[str, int]:
@@ -93,7 +94,9 @@ def trunk_parameters(model: nn.Module, layers: list[str]) -> list[nn.Parameter]:
     """The distinct parameters read by one forward pass of a (1, 3, TRACE_SIDE, TRACE_SIDE) input,
     on the model's device, stopped where FeatureExtractor stops (all of `layers` produced)."""
     first = next(model.parameters(), None)
-    x = torch.zeros(1, 3, TRACE_SIDE, TRACE_SIDE, device=first.device if first is not None else "cpu")
+    step = getattr(model, "stride", (1, 1))[0]     # transformers (tokens.py): a whole number of patches
+    side = -(-TRACE_SIDE // step) * step
+    x = torch.zeros(1, 3, side, side, device=first.device if first is not None else "cpu")
     extractor = FeatureExtractor(model, layers)
     with _ParameterReads() as reads:
         extractor(x)

@@ -16,6 +16,7 @@ from ..errors import UserError
 from .architectures import Spec, default_norm, named_inits, resolve_name, seeded_build, strip_aux
 from .checkpoints import CHECKPOINT_SUFFIXES
 from .registry import get_entry
+from .tokens import token_maps
 from .weights import CheckpointFile, WeightSource, WeightsPlan, source_for
 
 
@@ -103,7 +104,7 @@ def load_backbone(name: str, init: str = "imagenet", seed: int = 1024) -> Backbo
             mean, std = norm
         described = plan.weights.what
     strip_aux(model, spec.arch)
-    model = model.float().cpu().eval()
+    model = token_maps(model, spec.entry, spec.name).float().cpu().eval()   # transformers: maps on the patch grid
     return Backbone(model=model, name=spec.name, init=plan.recorded, mean=tuple(mean), std=tuple(std),
                     entry=spec.entry, source=spec.source, arch=spec.arch, weights=described)
 

@@ -12,10 +12,10 @@ from importlib import metadata, resources
 
 import yaml
 
-from .weights import SOURCES as WEIGHT_SOURCES
-
 REQUIRED = ("name", "family", "source", "model", "layers", "dim", "study_dim", "d", "mean", "std", "inits", "note")
 SOURCES = ("timm", "torchvision", "in-project")
+# how an init gets its weights: seeded (random) or a weights.SOURCES kind (weights.py checks the two agree)
+INIT_KINDS = ("seeded", "torchvision", "timm", "url", "pypi", "file")
 FACTS_FILE = "registry_facts.yaml"
 FACTS_LIBRARIES = ("torch", "torchvision", "timm")   # the facts hold for these versions only
 
@@ -47,7 +47,7 @@ def _check(entries) -> None:
         keys = list(inits)
         if not keys or keys[0] != "random" or len(keys) < 2:
             raise RuntimeError(f"{where}: inits must start with `random` followed by the default pretrained weights")
-        kinds = ("seeded", *WEIGHT_SOURCES)
+        kinds = INIT_KINDS
         for k, v in inits.items():
             kind = str(v).split(":", 1)[0]
             if kind not in kinds:
@@ -102,6 +102,16 @@ def families() -> list[str]:
 def default_pretrained_key(entry: dict) -> str:
     """The init key `imagenet` stands for: the first key after `random`."""
     return [k for k in entry["inits"] if k != "random"][0]
+
+
+def pretraining(name: str, key: str) -> str | None:
+    """How init `key` of registry entry `name` was pretrained: the entry's `pretraining` value
+    (self-supervised, semi-supervised, ...), else supervised; None outside the registry or for a
+    key the entry does not name."""
+    entry = _by_name().get(name)
+    if entry is None or key not in entry["inits"] or key == "random":
+        return None
+    return (entry.get("pretraining") or {}).get(key, "supervised")
 
 
 def library_versions() -> dict[str, str]:

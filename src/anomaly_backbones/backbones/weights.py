@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from ..errors import UserError
 from . import caches
 from .caches import Location, find_first, url_file_name
+from .registry import INIT_KINDS, stored_facts
 
 
 @dataclass
@@ -197,11 +198,14 @@ class TimmWeights(WeightSource):
         import timm
         import torch
 
+        from .architectures import timm_kwargs
+
         overlay = dict(file=str(plan.local)) if plan.local else None
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = timm.create_model(plan.ref, pretrained=True, pretrained_cfg_overlay=overlay)
+                model = timm.create_model(plan.ref, pretrained=True, pretrained_cfg_overlay=overlay,
+                                          **timm_kwargs(spec))
         except Exception as e:  # noqa: BLE001
             raise load_failed(plan, e) from None
         cfg = model.pretrained_cfg
@@ -312,6 +316,8 @@ class CheckpointFile(WeightSource):
 
 SOURCES: dict[str, type[WeightSource]] = {cls.kind: cls for cls in (
     TorchvisionWeights, TimmWeights, UrlWeights, PypiWeights, CheckpointFile)}
+if set(SOURCES) != set(INIT_KINDS) - {"seeded"}:   # the registry's vocabulary (registry sits below weights)
+    raise RuntimeError(f"registry.INIT_KINDS {INIT_KINDS} and weights.SOURCES {list(SOURCES)} disagree")
 
 
 def source_for(name: str, arch: str, key: str, how: str) -> WeightSource:
@@ -331,8 +337,6 @@ def default_source(entry: dict) -> WeightSource:
 def weights_offline(entry: dict) -> bool:
     """Are the default (`imagenet`) weights of a registry entry on this machine? No network; no
     torch either where registry_facts.yaml holds the entry's locations."""
-    from .registry import stored_facts
-
     try:
         source = default_source(entry)
         facts = stored_facts(entry["name"]) or {}

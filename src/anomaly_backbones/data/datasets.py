@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
-from . import btad, mtd, mvtec, visa
+from . import btad, mtd, mvtec, mvtec_ad2, real_iad, visa
 from .layout import Category, Scan, is_clutter, shown
 
 
@@ -34,6 +34,9 @@ class Dataset:
     cite: str = ""
     home: str = ""                  # the authors' page (where `download` sends users without an archive)
     archive: Archive | None = None  # None: no direct download
+    by_hand: str = ""               # without an archive: how to get it ({home}, {dest} filled in)
+    pro_fpr_limits: tuple[float, ...] = ()   # AU-PRO limits its authors report besides `metrics.pro_fpr_limit`
+    views: bool = False             # several views per object: per-view and per-object scores (real_iad)
 
     @property
     def downloadable(self) -> bool:
@@ -70,6 +73,23 @@ DATASETS = {d.name: d for d in [
             "Jezek, Jonak, Burget, Dvorak, Skotak, ICUMT 2021",
             "https://vutbr-my.sharepoint.com/:f:/g/personal/xjezek16_vutbr_cz/"
             "EhHS_ufVigxDo3MC6Lweau0BVMuoCmhMZj6ddamiQ7-FnA?e=oHKCxI"),
+    # no archive: both are behind the authors' licence forms (download by hand, docs/datasets.md)
+    Dataset("mvtec_ad2", "MVTec AD 2", mvtec_ad2.load_mvtec_ad2, tuple(mvtec_ad2.CATEGORIES),
+            "Heckler-Kram, Neudeck, Scheler, König, Steger, The MVTec AD 2 Dataset: Advanced Scenarios for "
+            "Unsupervised Anomaly Detection, arXiv 2503.21622, 2025",
+            "https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
+            by_hand="MVTec hands out the archive (mvtec_ad_2.tar.gz, 33 GB) after a licence form (CC BY-NC-SA 4.0) at "
+                    "{home} . Download it there, unpack it so that {dest}/can/train/good exists.",
+            pro_fpr_limits=(0.3, 0.05)),
+    Dataset("real_iad", "Real-IAD", real_iad.load_real_iad, tuple(real_iad.CATEGORIES),
+            "Wang et al., Real-IAD: A Real-World Multi-View Dataset for Benchmarking Versatile Industrial Anomaly "
+            "Detection, CVPR 2024",
+            "https://huggingface.co/datasets/Real-IAD/Real-IAD",
+            by_hand="its authors grant access on request (a gated Hugging Face dataset: {home} , sign in, accept the "
+                    "terms, wait for approval). Download realiad_jsons.zip and one of realiad_256/512/1024 (one zip "
+                    "per object), unpack them so that {dest}/realiad_jsons/realiad_jsons/audiojack.json and "
+                    "{dest}/realiad_<px>/audiojack/OK exist.",
+            views=True),
 ]}
 
 

@@ -100,6 +100,14 @@ def _resize_crop(im: Image.Image, resize: int, crop: int, resample) -> Image.Ima
     return im.crop((o, o, o + crop, o + crop))
 
 
+def center_crop(x: np.ndarray, crop: int) -> np.ndarray:
+    """The (crop, crop) center of an (S, S) mask or (S, S, 3) image already at the resize size S:
+    the pixels load_image / load_mask keep when the resize is the identity (the offset of
+    _resize_crop). bench/gpu.py prepares the images it draws in memory with it."""
+    o = (x.shape[0] - crop) // 2
+    return x[o:o + crop, o:o + crop]
+
+
 def load_image(path: Path, resize: int, crop: int,
                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """-> (crop, crop, 3) uint8 RGB and the displayed (width, height). RGBA is composited on black."""

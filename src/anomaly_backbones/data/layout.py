@@ -43,6 +43,8 @@ class Category:
     name: str
     train: list[Path]
     test: list[TestSample] = field(default_factory=list)
+    validation: list[Path] = field(default_factory=list)   # defect-free, held out (MVTec AD 2 validation/good)
+    unlabelled: list[Path] = field(default_factory=list)   # no public labels: prediction only (MVTec AD 2 test_private*)
 
 
 @dataclass

@@ -1,10 +1,21 @@
 """What every anomaly detection method provides: the `Method` contract.
 
-A method is a class registered in `anomaly_backbones.methods.METHODS` with its params schema
-(the registry is data, so every stage validates every method's params without importing torch):
+A method is one class in its own module (methods/<name>.py), registered by name in
+`anomaly_backbones.methods.METHODS`, that declares everything about itself:
 
-    m = Method(params, layers, seed, device)  # params: its group of params.yaml, resolved (no `auto`);
-                                         # unknown keys / wrong types -> UserError, defaults filled;
+    class PaDiM(Method):
+        name = "padim"                     # the registry name, the params group, the stage fit@padim
+        level = "pixel"                    # "pixel" (anomaly maps) | "image" (scores only)
+        reads = "features"                 # "features" (the cache) | "images" (trains the backbone)
+        PARAMS = {"d": Param(...), ...}    # its params.yaml group: defaults and rules
+        RESOLVES_AUTO = ()                 # params whose `auto` the method resolves itself
+        def fit_bytes(...), predict_bytes(...)   # its peak-memory estimates, for `guard`
+
+Use:
+
+    m = Method(params, layers, seed, device)  # params: its group of params.yaml, resolved (no `auto`
+                                         # but in RESOLVES_AUTO: UserError otherwise); unknown keys /
+                                         # wrong types -> UserError, defaults filled;
                                          # device: a torch.device or its name (default cpu)
     m.fit(train)                         # train: FeatureSet (`reads = "features"`)
     scores, maps = m.predict(test)       # (N,) image scores; (N, S, S) float32 maps, or None
@@ -16,30 +27,31 @@ Kinds of method, by two class attributes:
   `level = "image"`: no map (`grid_scores` returns (scores, None)); the pixel metrics of such a
   method are "not applicable" (null in metrics.json, "—" in tables, never averaged).
 - `reads = "features"`: fit/predict read the feature cache (FeatureSet; never the network).
-  `reads = "images"`: the method trains the backbone on prepared images (its own stage); it
-  receives the prepared-image sets instead of FeatureSets and the same contract holds.
+  `reads = "images"`: the method trains the backbone on prepared images (its own stage,
+  train@<name>; methods/training/base.py, ImageMethod). Its hooks, which the stage calls:
+    m = Method(params, layers, seed, backbone=load_backbone(...), device=dev)
+    m.preflight()                        # before any work: a file a param names is missing -> UserError
+    m.on_epoch = fn                      # fn(epoch, {"loss": ..., ...}) after each epoch (DVCLive)
+    m.fit(train, test)                   # train, test: ImageSet; test only for the per-epoch test
+                                         # ROC-AUC curve (`test_curve`; never picks the epoch), else None
+    m.predict(test)                      # (scores, None); m.forward_s: seconds of its forward passes
+    m.collapsed                          # deep_svdd only: every training image maps to one point
+    m.losses, m.curve, m.resolved_epochs(n_train)   # what results.json records
 
 Params: `resolve_params` (classmethod) turns the group's `auto` values into concrete ones once,
-for the whole pipeline (anomaly_backbones.params.resolve); `cached_layers` says which cached
-layers the method reads, so the extract stage caches them. Memory: each method's peak-RSS
-estimates live in methods/memory.py; `guard` stops a step before it allocates too much.
+for the whole pipeline (anomaly_backbones.pipeline.config.resolve); `cached_layers` says which
+cached layers the method reads, so the extract stage caches them. An `auto` the method does not
+resolve itself (RESOLVES_AUTO) reaching the constructor is a UserError: a silent default would
+be a different method. Memory: `guard` stops a step before it allocates too much, from the
+class's `fit_bytes` / `predict_bytes`.
 
 Device: `self.device` (anomaly_backbones.device). One code path: a method reads the cache on the
 host and moves what it computes on with `to_device(x, self.device)`, a no-op on the CPU (the same
 bits as before devices existed); its outputs (scores, grids) come back as host arrays. `guard`
 checks GPU free memory when the device is a GPU.
 
-A new method in ten lines (then add it to METHODS with its params and to params.yaml):
-
-    class MeanDistance(Method):
-        name = "mean_distance"
-        def fit(self, train):
-            x = np.concatenate([f[self.layers[0]].numpy() for _, f in train.batches(self.layers)])
-            self.mean = x.mean(0)                                       # (C, h, w)
-        def grid_scores(self, test):
-            grids = [np.linalg.norm(f[self.layers[0]].numpy() - self.mean, axis=1)
-                     for _, f in test.batches(self.layers)]
-            return None, np.concatenate(grids)                          # scores: max of each map
+A new method: one file, its name in METHODS, its group in params.yaml; the ten-line example is
+docs/architecture.md, "Adding a method" (tests/test_contract.py runs it as the fit stage does).
 """
 from __future__ import annotations
 
@@ -50,24 +62,42 @@ import torch
 
 from tqdm import tqdm
 
+from ..device import check_memory
 from ..errors import UserError
 from ..params.schema import Param, check_group
-from ..resources import check_memory
 from .common import anomaly_maps, check_finite
+
+
+def _layer_list(v) -> str | None:
+    if isinstance(v, list) and len(set(v)) != len(v):
+        return "lists a layer more than once"
+    return None
+
+
+# params several methods share
+SIGMA = Param(4.0, float, low=0, help="Gaussian blur of the anomaly map (0: none)")
+LAYERS = Param("auto", list, special=("auto",), check=_layer_list)
 
 
 class Method:
     """Base class: params checked once, the predict tail shared (see the module docstring)."""
 
-    name: ClassVar[str] = ""                 # the params group and the `fit@<name>` stage
+    name: ClassVar[str] = ""                 # the registry name, params group and `fit@<name>` stage
     level: ClassVar[str] = "pixel"           # "pixel" (anomaly maps) | "image" (scores only)
     reads: ClassVar[str] = "features"        # "features" (the cache) | "images" (trains the backbone)
-    PARAMS: ClassVar[dict[str, Param]] = {}  # set from the registry (methods/__init__.py)
+    PARAMS: ClassVar[dict[str, Param]] = {}  # the params group's schema
+    RESOLVES_AUTO: ClassVar[tuple[str, ...]] = ()   # params whose `auto` the method resolves itself
     deferred_fit_s: float = 0.0              # fitting done inside predict (PaDiM's one pass): seconds, so
                                              # the fit stage books them as fit, not as per-image cost
 
     def __init__(self, params: dict | None, layers: list[str], seed: int = 1024, device="cpu"):
         self.params = check_group(self.name, self.PARAMS, params)
+        auto = [k for k, spec in self.PARAMS.items()
+                if "auto" in spec.special and self.params[k] == "auto" and k not in self.RESOLVES_AUTO]
+        if auto:
+            raise UserError(f"{self.name}: {', '.join(f'`{self.name}.{k}`' for k in auto)} still `auto`: resolve "
+                            f"the group first (anomaly_backbones.pipeline.config.resolve, or the class's "
+                            f"resolve_params) or give a value")
         self.device = torch.device(device)
         if not layers:
             raise UserError(f"{self.name}: `layers` is empty; set the top-level `layers` param")
@@ -77,14 +107,12 @@ class Method:
         self.configure(self.params)
 
     def __init_subclass__(cls, **kwargs):
-        """A subclass names its registry entry (`name = "padim"`); level, reads and the params
-        schema come from there, so they are declared once."""
+        """The contract's attributes checked where a method is declared: a wrong one is a bug."""
         super().__init_subclass__(**kwargs)
-        from . import METHODS
-
-        if cls.name in METHODS:
-            info = METHODS[cls.name]
-            cls.level, cls.reads, cls.PARAMS = info.level, info.reads, info.params
+        if cls.level not in ("pixel", "image") or cls.reads not in ("features", "images"):
+            raise TypeError(f"{cls.__name__}: level must be pixel | image and reads features | images")
+        if not all(isinstance(v, Param) for v in cls.PARAMS.values()):
+            raise TypeError(f"{cls.__name__}.PARAMS must map param names to Param")
 
     # -- params ------------------------------------------------------------------------
     def configure(self, p: dict) -> None:

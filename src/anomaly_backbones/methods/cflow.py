@@ -47,9 +47,11 @@ from torch import nn
 
 from ..device import to_device
 from ..errors import UserError
-from .base import Method
+from ..resources import BASELINE_BYTES
+from ..params.schema import Param
+from .base import SIGMA, Method
 from .common import blur, check_finite
-from .memory import CFlowMemory
+from .memory import Shapes
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 EVAL_FIBERS = 65536  # fibers per forward pass at test time (no autograd)
@@ -142,10 +144,25 @@ def _fibers(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-class CFlow(CFlowMemory, Method):
+
+def _multiple_of_4(v) -> str | None:
+    return None if v % 4 == 0 else "must be a positive multiple of 4"
+
+class CFlow(Method):
     """Per-layer conditional normalizing flows; anomaly = low likelihood."""
 
     name = "cflow"
+    PARAMS = {
+        "epochs": Param(4, int, low=1),
+        "fibers_per_epoch": Param(131072, int, low=1),
+        "fiber_batch_size": Param(256, int, low=1),
+        "lr": Param(2e-4, float, low=0, low_open=True),
+        "coupling_blocks": Param(8, int, low=1),
+        "condition_vector": Param(128, int, low=4, check=_multiple_of_4),
+        "clamp_alpha": Param(1.9, float, low=0, low_open=True),
+        "batch_size": Param(32, int, low=1),
+        "sigma": SIGMA,
+    }
 
     def configure(self, p: dict) -> None:
         self.epochs, self.lr, self.coupling_blocks = p["epochs"], p["lr"], p["coupling_blocks"]
@@ -268,3 +285,48 @@ class CFlow(CFlowMemory, Method):
         """The score maps are at the image size already: only the blur (on their device), then
         to the host."""
         return blur(grid, self.sigma).cpu().numpy()
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def _flow_floats(self, c: int) -> tuple[int, int]:
+        """(parameters, activations per fiber) of one layer's flow of c channels. Per block the
+        subnet input (d1 + P), its hidden layer before and after ReLU (2 x 2(d1 + P)), the
+        coefficients and the coupling's intermediates (~8 x d2), the output and its affine (4 c)."""
+        d1, d2 = c - c // 2, c // 2
+        hid = d1 + self.condition_vector
+        params = hid * 2 * hid + 2 * hid + 2 * hid * 2 * d2 + 2 * d2 + 2 * c
+        return self.coupling_blocks * params, self.coupling_blocks * (5 * hid + 8 * d2 + 4 * c)
+
+    def _batch_bytes(self, shapes: Shapes, itemsize: int) -> float:
+        """The largest layer's feature batch: its cached maps (mapped pages, a copy, a float32
+        copy), its fibers, their position index and random order (int64)."""
+        return self.batch_size * max(c * h * w * (8 + 2 * itemsize) + 16.0 * h * w for c, h, w in shapes.values())
+
+    def fit_bytes(self, shapes: Shapes, itemsize: int = 4) -> float:
+        """Peak RSS of fit: the flows with their gradients and Adam's two moments (4 x params),
+        the positional encodings, one feature batch, and one step's activations kept for the
+        backward pass plus their gradients (2 x fiber_batch_size x activations per fiber)."""
+        shapes = {name: shapes[name] for name in self.layers}
+        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
+        step = max(self._flow_floats(c)[1] for c, _, _ in shapes.values())
+        cond = sum(h * w for _, h, w in shapes.values()) * self.condition_vector
+        return (BASELINE_BYTES + 16.0 * params + 4.0 * cond + self._batch_bytes(shapes, itemsize)
+                + 8.0 * self.fiber_batch_size * step)
+
+    def predict_bytes(self, shapes: Shapes, n_test: int, image_size: int, itemsize: int = 4) -> float:
+        """Peak RSS of predict: the flows; one test batch (all layers' maps, then per layer its
+        fibers and repeated positional encodings) and one forward pass of EVAL_FIBERS fibers;
+        the log-likelihoods of all test images (then one layer's in float64); then the maps: the
+        summed map, one layer's upsampled map, the output, a chunk's blur temporaries and the heap
+        glibc keeps between them (six maps' worth), and the finiteness mask."""
+        shapes = {name: shapes[name] for name in self.layers}
+        params = sum(self._flow_floats(c)[0] for c, _, _ in shapes.values())
+        b = min(self.batch_size, n_test)
+        cached = sum(c * h * w for c, h, w in shapes.values())
+        batch = b * (cached * (4 + itemsize) + 4.0 * max((c + self.condition_vector) * h * w
+                                                        for c, h, w in shapes.values()))
+        forward = 4.0 * min(EVAL_FIBERS, b * max(h * w for _, h, w in shapes.values())) * max(
+            self._flow_floats(c)[1] // self.coupling_blocks for c, _, _ in shapes.values())
+        grids = 4.0 * n_test * sum(h * w for _, h, w in shapes.values()) + 12.0 * n_test * max(
+            h * w for _, h, w in shapes.values())
+        maps = n_test * image_size ** 2 * (4.0 * 6 + 1)
+        return BASELINE_BYTES + 4.0 * params + grids + max(batch + forward, maps)

@@ -13,15 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from .knn import dn2_scores
-from .memory import DN2Memory
-from .pooled import PooledMethod
+from ..resources import BASELINE_BYTES
+from .knn import CHUNK_ELEMS, dn2_scores, tile_rows
+from .memory import pooled_bytes
+from ..params.schema import Param
+from .pooled import POOLED_LAYERS, PooledMethod
 
 
-class DN2(DN2Memory, PooledMethod):
+class DN2(PooledMethod):
     """k-nearest-neighbour distance on pooled features."""
 
     name = "dn2"
+    PARAMS = {"layers": POOLED_LAYERS, "k": Param(2, int, low=1, help="nearest training images")}
 
     def configure(self, p: dict) -> None:
         self.k = p["k"]
@@ -41,3 +44,11 @@ class DN2(DN2Memory, PooledMethod):
         self.guard(self.predict_bytes(len(test), *self.bank.shape), f"DN2 predict on {test.dir} ({len(test)} images)",
                    "pool fewer channels (`dn2.layers`).")
         return dn2_scores(self.bank, self.vectors(test), self.k, self.device), None
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
+        """Peak RSS of predict: the bank and its float64 copy, the test vectors and theirs, one
+        float64 distance tile (methods/knn.py) and the top-k of each of its rows."""
+        rows = tile_rows(n_test, n_train, CHUNK_ELEMS)
+        return (BASELINE_BYTES + 16.0 * n_train * dim + pooled_bytes(n_test, dim) + 8.0 * n_test * dim
+                + 8.0 * rows * n_train + 32.0 * n_test * min(n_train, 64))

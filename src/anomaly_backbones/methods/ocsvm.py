@@ -11,7 +11,7 @@ anomalous; the boundary is 0).
 Device: the CPU whatever `device` says: libsvm (scikit-learn) has no GPU solver, and on a few
 hundred pooled vectors per category the solve takes milliseconds.
 
-Params (params["ocsvm"], defaults in the registry, methods/__init__.py): kernel (rbf | linear),
+Params (params["ocsvm"], defaults in OCSVM.PARAMS): kernel (rbf | linear),
 nu (0.1: an upper bound on the fraction of training images outside the boundary and a lower
 bound on the fraction of support vectors), gamma (RBF width: `scale` = 1 / (dim * variance of
 the standardized training vectors), scikit-learn's default, or a number).
@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .memory import LIBSVM_CACHE_MB, OCSVMMemory
-from .pooled import LIBSVM_TOL, PooledMethod
+from ..resources import BASELINE_BYTES
+from .memory import LIBSVM_CACHE_MB, pooled_bytes
+from .pooled import GAMMA, KERNEL, LIBSVM_TOL, NU, POOLED_LAYERS, PooledMethod
 
 
-class OCSVM(OCSVMMemory, PooledMethod):
+class OCSVM(PooledMethod):
     """One-class SVM on pooled features, standardized on the training set."""
 
     name = "ocsvm"
+    PARAMS = {"layers": POOLED_LAYERS, "kernel": KERNEL, "nu": NU, "gamma": GAMMA}
 
     def configure(self, p: dict) -> None:
         self.kernel, self.nu, self.gamma = p["kernel"], p["nu"], p["gamma"]
@@ -54,3 +56,13 @@ class OCSVM(OCSVMMemory, PooledMethod):
         self.guard(self.predict_bytes(len(z), len(self.svm.support_), z.shape[1]),
                    f"OC-SVM predict on {test.dir} ({len(z)} images)", "pool fewer channels (`ocsvm.layers`).")
         return -self.svm.decision_function(self.scaler.transform(z)), None
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def fit_bytes(self, n: int, dim: int) -> float:
+        """Peak RSS of fit: the training vectors and libsvm's kernel cache (float32 kernel rows,
+        at most LIBSVM_CACHE_MB)."""
+        return BASELINE_BYTES + pooled_bytes(n, dim) + min(4.0 * n * n, LIBSVM_CACHE_MB * 2**20)
+
+    def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
+        """Peak RSS of predict: the test vectors and the support vectors (at most all training ones)."""
+        return BASELINE_BYTES + pooled_bytes(n_test, dim) + 8.0 * n_train * dim

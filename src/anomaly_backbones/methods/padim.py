@@ -14,7 +14,7 @@ the chunk's (chunk_mb sizes it, with a floor of one grid row) plus the (N, h, w)
 deployable model (deploy.py, the latency stage) still needs every inverse: `mean` and `inv_cov`
 build it on first use (positions x d x d float32: 3136 x 550 x 550 x 4 B = 3.5 GiB for
 WideResNet-50-2 with d=550 on a 56x56 grid; `model_bytes`). The memory guards check the
-estimates of methods/memory.py (bench/padim_memory.py measures the heaviest cases).
+estimates below (`fit_bytes`, `predict_bytes`; bench/padim_memory.py measures the heaviest cases).
 
 Precision: the covariance is accumulated and inverted in float32. Where float32 cannot hold the
 regularizer beside the variances of a position (random-init backbones: features of 1e3..1e5,
@@ -43,11 +43,12 @@ import torch
 
 from ..device import to_device
 from ..errors import UserError
-from ..features import FeatureSet
-from .base import Method
-from .common import Scratch, across_cores, check_finite
+from ..features import MAP_BYTES, FeatureSet
+from ..resources import BASELINE_BYTES
+from ..params.schema import Param
+from .base import SIGMA, Method
+from .common import Scratch, across_cores, check_finite, maps_bytes
 from .grid import largest_grid, upsample_concat
-from .memory import PaDiMMemory
 
 EPS = 0.01
 PRODUCT_SPLIT = 8  # predict: the product with the inverse covariances is taken in this many parts per chunk
@@ -56,7 +57,7 @@ PRODUCT_SPLIT = 8  # predict: the product with the inverse covariances is taken 
 def _inverse(cov: torch.Tensor) -> torch.Tensor:
     """Inverses of a batch of float32 covariances by Cholesky, matrix by matrix (so the result
     never depends on how the batch is split, across_cores). A matrix whose Cholesky fails (float32
-    lost its regularizer) gets NaN: `_fit_rows` redoes it in float64. Its factor is replaced by I
+    lost its regularizer) gets NaN: `_gaussians` redoes it in float64. Its factor is replaced by I
     first: cholesky_inverse raises on a factor with a zero diagonal."""
     L, info = torch.linalg.cholesky_ex(cov)
     bad = info != 0
@@ -103,10 +104,15 @@ def _resolve_d(d, dim: int, registry_d) -> int:
     return int(d)
 
 
-class PaDiM(PaDiMMemory, Method):
+class PaDiM(Method):
     """Per-position Gaussians of the embedding; score = Mahalanobis distance."""
 
     name = "padim"
+    PARAMS = {
+        "d": Param("auto", int, low=1, special=("auto", "all"), help="kept channels (R_d); auto: the registry's"),
+        "chunk_mb": Param(256.0, float, low=0, low_open=True, help="a chunk's (positions, images, d) block"),
+        "sigma": SIGMA,
+    }
 
     def configure(self, p: dict) -> None:
         self.d_param = p["d"]
@@ -306,6 +312,48 @@ class PaDiM(PaDiMMemory, Method):
         held.clear()
         check_finite(out, f"features of {test.dir}")   # NaN/Inf survive the distance
         return None, out.reshape(-1, H, W)
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def _chunk_bytes(self, n: int) -> tuple[float, float]:
+        """(the (p, n, d) slice, one (p, d, d) array) of the first chunk for n images."""
+        W = self.grid[1]
+        r0, r1 = self._row_chunks(n)[0]
+        p = (r1 - r0) * W
+        return 4.0 * n * self.d * p, 4.0 * p * self.d * self.d
+
+    def model_bytes(self) -> float:
+        """The deployable model (`mean`, `inv_cov`: every position's mean and inverse
+        covariance, float32), what the latency stage exports."""
+        H, W = self.grid
+        return 4.0 * H * W * self.d * (self.d + 1)
+
+    def fit_bytes(self, n: int) -> float:
+        """Peak RSS of fitting one training chunk on n images: its (p, n, d) slice (plus mapped
+        cache pages and gather temporaries while it is read), centred in place and kept while the
+        covariances, Cholesky factors and inverses are made (3 x p*d*d, 4 where float32 holds EPS at
+        only some positions and those are gathered; the float64 redo, a quarter of the chunk at a
+        time, is within that). On a GPU: the device memory of the same arrays."""
+        sl, cov = self._chunk_bytes(n)
+        if self.device.type != "cpu":
+            return sl + 4 * cov
+        return BASELINE_BYTES + max(sl + 2 * MAP_BYTES, sl + 4 * cov)
+
+    def predict_bytes(self, n: int, image_size: int) -> float:
+        """Peak RSS of the fit-and-score pass on n test images (after `fit` on `n_train`): a
+        training chunk being fitted, the inverses held for one test chunk (its own rows' and one
+        training chunk's), the centred (p, n, d) test slice and a PRODUCT_SPLIT-th of its product
+        with the inverses; the (n, h, w) distances and the maps. Bounded by chunk_mb, not by the
+        grid or d. On a GPU: the device memory of the chunk's arrays (maps are made on the host)."""
+        H, W = self.grid
+        n_train = getattr(self, "n_train", n)
+        tr, tr_cov = self._chunk_bytes(n_train)
+        te, te_cov = self._chunk_bytes(n)
+        held = te_cov + 2 * tr_cov + te + te / PRODUCT_SPLIT
+        chunk = max(held, tr + 4 * tr_cov + te_cov + tr_cov)   # fitting the next chunk while one is held
+        if self.device.type != "cpu":
+            return chunk
+        return (BASELINE_BYTES + max(chunk, te + held + 2 * MAP_BYTES) + 4.0 * n * H * W
+                + maps_bytes(n, image_size))
 
 
 def _rows_of(held: list, q0: int, q1: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:

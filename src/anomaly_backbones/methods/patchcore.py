@@ -11,7 +11,7 @@ reduced to `dim` by adaptive average pooling over channels (as the paper's code 
 With fewer channels than `dim` the vector is kept as it is (pooling "up" would only repeat
 channels and reweight the distance).
 
-Params (params["patchcore"], defaults in the registry, methods/__init__.py):
+Params (params["patchcore"], defaults in PatchCore.PARAMS):
 - layers: "auto" or a list of cached layers. "auto" takes the top-level `layers` without its
   first (shallowest) entry when there are 3 or more (the paper's layer2+layer3 of a 4-stage
   net; e.g. [blocks.1, blocks.2, blocks.4] -> [blocks.2, blocks.4]), else all of them.
@@ -48,36 +48,13 @@ import torch.nn.functional as F
 
 from ..device import to_device
 from ..errors import UserError
-from .base import Method
-from .common import check_finite
-from .coreset import coreset_size, greedy_batched, sparse_random_projection
-from .memory import PatchCoreMemory
-
-BLOCK_ELEMS = 1 << 24  # one distance block: 16M float32 = 64 MiB
-
-
-def nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
-            block_elems: int = BLOCK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared Euclidean distance and index of each query's nearest bank row, in blocks."""
-    bank_sq = (bank * bank).sum(1) if bank_sq is None else bank_sq
-    q_sq = (queries * queries).sum(1)
-    n, m = queries.shape[0], bank.shape[0]
-    best = torch.full((n,), float("inf"), device=queries.device)
-    arg = torch.zeros(n, dtype=torch.long, device=queries.device)
-    cols = min(m, max(1, block_elems // 1024))
-    rows = max(1, block_elems // cols)
-    for c0 in range(0, m, cols):
-        c1 = min(c0 + cols, m)
-        bt = bank[c0:c1].t()
-        for r0 in range(0, n, rows):
-            r1 = min(r0 + rows, n)
-            part = torch.addmm(bank_sq[c0:c1].unsqueeze(0), queries[r0:r1], bt, beta=1.0, alpha=-2.0)
-            v, i = part.min(1)
-            better = v < best[r0:r1]  # strict: ties keep the lower bank index
-            best[r0:r1] = torch.where(better, v, best[r0:r1])
-            arg[r0:r1] = torch.where(better, i + c0, arg[r0:r1])
-    return (best + q_sq).clamp_min_(0.0), arg
-
+from ..resources import BASELINE_BYTES
+from ..params.schema import Param
+from .base import LAYERS, SIGMA, Method
+from .common import check_finite, maps_bytes
+from .coreset import UPDATE_BLOCK_ELEMS, coreset_size, greedy_batched, sparse_random_projection
+from .knn import TILE_ELEMS, nearest
+from .memory import Shapes
 
 def reweighted_score(patch_dist: torch.Tensor, nn_idx: torch.Tensor, patches: torch.Tensor,
                      bank: torch.Tensor, neighbors: int, bank_sq: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,10 +74,21 @@ def reweighted_score(patch_dist: torch.Tensor, nn_idx: torch.Tensor, patches: to
     return (w * s_star.double()).to(patch_dist.dtype)
 
 
-class PatchCore(PatchCoreMemory, Method):
+class PatchCore(Method):
     """Coreset memory bank of aggregated patch features; nearest-neighbour scoring."""
 
     name = "patchcore"
+    PARAMS = {
+        "layers": LAYERS,
+        "coreset_ratio": Param(0.1, float, low=0, high=1, low_open=True),
+        "coreset": Param("fast", str, choices=("fast", "exact")),
+        "dim": Param(1024, int, low=1),
+        "neighbors": Param(9, int, low=1),
+        "projection_dim": Param(128, int, low=1),
+        "batch_size": Param(32, int, low=1),
+        "sigma": SIGMA,
+    }
+    RESOLVES_AUTO = ("layers",)   # from the top-level layers it is given (resolve_params)
 
     @classmethod
     def resolve_params(cls, group: dict, *, backbone: str, layers: list[str], shapes: dict | None) -> dict:
@@ -201,7 +189,7 @@ class PatchCore(PatchCoreMemory, Method):
         for sl, feats in test.batches(self.layers, self.batch_size):
             e, (h, w) = self.embed(feats)
             check_finite(e, "patchcore test features")
-            d2, nn_idx = nearest(e, self.bank, self._bank_sq)
+            d2, nn_idx = nearest(e, self.bank)
             dist = d2.sqrt().view(-1, h * w)
             nn_idx = nn_idx.view(-1, h * w)
             e = e.view(dist.shape[0], h * w, -1)
@@ -213,3 +201,44 @@ class PatchCore(PatchCoreMemory, Method):
             bar.update(sl.stop - sl.start)
         bar.close()
         return scores, grid.numpy()
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def _sizes(self, shapes: Shapes) -> tuple[int, int, int]:
+        """(patches per image, channels of a bank vector, channels the coreset runs on)."""
+        shapes = [shapes[name] for name in self.layers]
+        hw = max(sh[1] * sh[2] for sh in shapes)
+        c = min(sum(sh[0] for sh in shapes), self.dim)
+        return hw, c, self.projection_dim if c > self.projection_dim else c
+
+    def _batch_bytes(self, shapes: Shapes, itemsize: int) -> float:
+        """One feature batch through embed: the cached maps (mapped pages, a float32 copy), their
+        3x3 averages, the upsampled, concatenated and reshaped maps, the pooled and the projected
+        vectors."""
+        hw, c, p = self._sizes(shapes)
+        full = sum(shapes[name][0] for name in self.layers)
+        cached = sum(shapes[name][0] * shapes[name][1] * shapes[name][2] for name in self.layers)
+        return self.batch_size * (cached * (8 + itemsize) + 4.0 * hw * (3 * full + c + p))
+
+    def fit_bytes(self, shapes: Shapes, n_img: int, itemsize: int = 4) -> float:
+        """Peak RSS of fit: the projected patches of all training images (n*h*w x p float32);
+        during the coreset (which centres them in place) their bfloat16 copy ("fast"), per-patch
+        norms, distances and temporaries, one distance block, and the heap glibc keeps from the
+        first pass's batch temporaries; then the bank (coreset_ratio of the patches x min(C, dim))
+        while a batch is embedded again."""
+        hw, c, p = self._sizes(shapes)
+        n = n_img * hw
+        x = 4.0 * n * p
+        low = 2.0 * n * p if self.coreset == "fast" else 0.0
+        block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
+        batch = self._batch_bytes(shapes, itemsize)
+        cover = x + low + 20.0 * n + block + batch
+        bank = 4.0 * coreset_size(n, self.ratio) * c
+        return BASELINE_BYTES + max(x + batch, cover, bank + batch)
+
+    def predict_bytes(self, shapes: Shapes, n_test: int, bank_rows: int, image_size: int,
+                      itemsize: int = 4) -> float:
+        """Peak RSS of predict: the bank and its norms, one embedded batch and its distance
+        block, the grids, the anomaly maps and their finiteness mask."""
+        hw, c, _ = self._sizes(shapes)
+        return (BASELINE_BYTES + 4.0 * bank_rows * (c + 1) + self._batch_bytes(shapes, itemsize) + 4.0 * TILE_ELEMS
+                + 4.0 * n_test * hw + maps_bytes(n_test, image_size) + n_test * image_size ** 2)

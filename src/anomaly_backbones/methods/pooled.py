@@ -12,19 +12,32 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from .base import Method
+from ..params.schema import Param
+from .base import Method, _layer_list
 from .common import check_finite
 
 # libsvm's stopping tolerance for OC-SVM and SVDD (on SVDD's kernel scaled to largest k_ii = 1;
 # the RBF kernel has k_ii = 1 already). scikit-learn's default, 1e-3, stops early enough to swap
 # the ranks of close images, so OC-SVM and SVDD with the same nu would rank differently
-# (docs/performance_oneclass.md); the solution to 1e-6 costs no measurable time here.
+# (docs/performance.md, "OC-SVM, SVDD and DN2"); the solution to 1e-6 costs no measurable time here.
 LIBSVM_TOL = 1e-6
+
+
+# the params of the methods on pooled features
+POOLED_LAYERS = Param("auto", list, special=("auto",), check=_layer_list,
+                      help="auto: the backbone's last stage; or pooled layers, concatenated")
+KERNEL = Param("rbf", str, choices=("rbf", "linear"))
+GAMMA = Param("scale", float, low=0, low_open=True, special=("scale",),
+              help="RBF width; scale: 1 / (dim * variance of the standardized training vectors)")
+NU = Param(0.1, float, low=0, high=1, low_open=True, help="bound on the fraction of training outliers")
 
 
 class PooledMethod(Method):
     """Base of the methods on pooled vectors: `level = "image"` (no anomaly map), reads no
     layer maps. Subclasses implement fit and grid_scores on `self.vectors(fs)`."""
+
+    level = "image"
+    RESOLVES_AUTO = ("layers",)   # against the pooled cache at fit (pooled_layers)
 
     @classmethod
     def cached_layers(cls, group: dict, layers: list[str]) -> list[str]:

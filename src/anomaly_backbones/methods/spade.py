@@ -14,9 +14,9 @@ vectors, taken over all positions of all K images. The (h, w) grid goes through
 common.anomaly_maps (bilinear to the image size, Gaussian blur sigma 4).
 
 Memory stays bounded whatever K and the grid: the gallery is built `chunk_mb` at a time
-(a group of whole training images), and distances are computed one tile at a time, a tile
-being at most TILE_ELEMS (64 MiB) of test positions x one gallery image's positions, keeping
-a running top-kappa; the full positions x gallery matrix never exists. Tile shapes depend
+(a group of whole training images), and distances are computed one tile at a time
+(knn.nearest_k), a tile being at most knn.TILE_ELEMS (64 MiB) of test positions x one gallery
+image's positions, keeping a running top-kappa; the full positions x gallery matrix never exists. Tile shapes depend
 only on the grid, never on chunk_mb or K, so the result is the same for every budget (BLAS
 may round differently when a GEMM's shape changes). Cost is one GEMM over positions x
 K*h*w x channels per test image (2 * h*w * K*h*w * C flops), exact, deterministic.
@@ -32,64 +32,43 @@ sigma (map blur).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from ..device import to_device
 from ..errors import UserError
-from .base import Method
-from .common import check_finite
+from ..resources import BASELINE_BYTES
+from ..params.schema import Param
+from .base import SIGMA, Method
+from .common import check_finite, maps_bytes
 from .grid import largest_grid, upsample_concat
-from .memory import SPADEMemory, spade_image_bytes
+from .knn import knn_mean_distance, nearest_k, tile_rows
+from .memory import Shapes
 
-TILE_ELEMS = 1 << 24  # one distance tile: at most 16M float32 = 64 MiB
-
-
-def tile_rows(n: int, g: int) -> int:
-    """Query rows per tile against a block of g gallery rows: never depends on the budget."""
-    return max(1, min(n, TILE_ELEMS // g))
-
-
-def knn_mean_distance(queries: torch.Tensor, blocks: Iterable[torch.Tensor], kappa: int,
-                      buf: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean Euclidean distance of each query row to its kappa nearest rows among all `blocks`.
-
-    One GEMM per tile of (query rows, one block): the rows per tile depend only on the block's
-    length, so grouping the gallery differently gives the same values. Tiles are written into
-    `buf` (flat float32, grown if too small): a fresh 64 MiB array per tile costs page faults."""
-    q_sq = (queries * queries).sum(1)
-    n = queries.shape[0]
-    kappa = int(kappa)
-    best = torch.full((n, kappa), float("inf"), device=queries.device)
-    seen = 0
-    buf = torch.empty(0, device=queries.device) if buf is None else buf
-    for block in blocks:
-        g = block.shape[0]
-        rows = tile_rows(n, g)
-        if buf.numel() < rows * g:
-            buf = torch.empty(rows * g, device=queries.device)
-        b_sq = (block * block).sum(1).unsqueeze(0)
-        bt = block.t()
-        for r0 in range(0, n, rows):
-            r1 = min(r0 + rows, n)
-            d2 = torch.addmm(b_sq, queries[r0:r1], bt, beta=1.0, alpha=-2.0, out=buf[:(r1 - r0) * g].view(r1 - r0, g))
-            if kappa == 1:
-                torch.minimum(best[r0:r1, 0], torch.amin(d2, 1), out=best[r0:r1, 0])
-            else:
-                cand = torch.topk(d2, min(kappa, g), dim=1, largest=False).values
-                merged = torch.cat([best[r0:r1], cand], 1)
-                best[r0:r1] = torch.topk(merged, kappa, dim=1, largest=False).values
-        seen += g
-    best = best[:, :min(kappa, seen)]  # fewer gallery rows than kappa: all of them (sorted, so finite first)
-    return (best + q_sq.unsqueeze(1)).clamp_min_(0.0).sqrt_().mean(1)
+def spade_image_bytes(shapes: Shapes, itemsize: int) -> float:
+    """Memory one image takes while its maps are concatenated: its cached maps (mapped pages, a
+    copy, a float32 copy unless the cache is float32), the (h, w, C) float32 result, and (an
+    upper bound) one upsampled layer where a scale factor is not an integer."""
+    h, w = largest_grid(shapes.values())
+    c = sum(s[0] for s in shapes.values())
+    cached = sum(s[0] * s[1] * s[2] for s in shapes.values())
+    odd = max([s[0] for s in shapes.values() if h % s[1] or w % s[2]], default=0)
+    return 4.0 * h * w * (c + odd) + (2 * itemsize + (4 if itemsize != 4 else 0)) * cached
 
 
-class SPADE(SPADEMemory, Method):
+class SPADE(Method):
     """kNN over pooled image features, then kNN over the chosen images' positions."""
 
     name = "spade"
+    PARAMS = {
+        "k": Param(50, int, low=1, help="nearest training images"),
+        "kappa": Param(1, int, low=1, help="nearest gallery vectors per test position"),
+        "chunk_mb": Param(64.0, float, low=0, low_open=True, help="gallery maps built at once"),
+        "batch_size": Param(16, int, low=1),
+        "sigma": SIGMA,
+    }
 
     def configure(self, p: dict) -> None:
         self.k, self.kappa, self.batch_size = p["k"], p["kappa"], p["batch_size"]
@@ -154,8 +133,7 @@ class SPADE(SPADEMemory, Method):
                    "per batch); the anomaly maps of the whole test set are a fixed part.")
         test_vec = self._pooled(test)
         check_finite(test_vec, "spade test features")
-        d2 = torch.cdist(test_vec, self.train_vec).pow(2)  # float64, small
-        knn_d2, knn_idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        knn_d2, knn_idx = nearest_k(test_vec, [self.train_vec], k)   # float64, small
         scores, knn_idx = knn_d2.mean(1).cpu().numpy(), knn_idx.cpu()
         h, w = largest_grid(shapes.values())
         # Buffers made once: small long-lived arrays allocated per image between large
@@ -175,3 +153,15 @@ class SPADE(SPADEMemory, Method):
                 bar.update(1)
         bar.close()
         return scores.astype(np.float64), grid.numpy()
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def predict_bytes(self, shapes: Shapes, n_test: int, n_train: int, image_size: int, itemsize: int = 4) -> float:
+        """Peak RSS of predict: one test batch and one gallery group (spade_image_bytes each
+        image); one distance tile; the grids, the anomaly maps and their finiteness mask."""
+        shapes = {name: shapes[name] for name in self.layers}
+        h, w = largest_grid(shapes.values())
+        hw = h * w
+        images = min(self.batch_size, n_test) + min(self._group(shapes, itemsize), self.k, n_train)
+        tile = 4.0 * tile_rows(hw, hw) * hw
+        return (BASELINE_BYTES + images * spade_image_bytes(shapes, itemsize) + tile + 4.0 * n_test * hw
+                + maps_bytes(n_test, image_size) + n_test * image_size ** 2)

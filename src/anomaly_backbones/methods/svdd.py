@@ -27,8 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from .memory import LIBSVM_CACHE_MB, SVDDMemory
-from .pooled import LIBSVM_TOL, PooledMethod
+from ..resources import BASELINE_BYTES
+from .memory import LIBSVM_CACHE_MB, pooled_bytes
+from ..params.schema import Param
+from .pooled import GAMMA, KERNEL, LIBSVM_TOL, NU, POOLED_LAYERS, PooledMethod
 
 
 def kernel(x: np.ndarray, y: np.ndarray, kind: str, gamma: float) -> np.ndarray:
@@ -66,10 +68,16 @@ def solve_dual(k: np.ndarray, nu: float) -> tuple[np.ndarray, float, float]:
     return a, aqa + float(a @ d), aqa + 2.0 * s * float(svm.intercept_[0]) / total
 
 
-class SVDD(SVDDMemory, PooledMethod):
+class SVDD(PooledMethod):
     """Support vector data description on pooled features, standardized on the training set."""
 
     name = "svdd"
+    PARAMS = {
+        "layers": POOLED_LAYERS, "kernel": KERNEL, "nu": NU,
+        "C": Param("auto", float, low=0, low_open=True, special=("auto",), help="auto: 1 / (nu n); else nu is unused"),
+        "gamma": GAMMA,
+    }
+    RESOLVES_AUTO = ("layers", "C")   # C: from nu and the training images at fit (solver_nu)
 
     def configure(self, p: dict) -> None:
         self.kernel, self.nu, self.C, self.gamma_param = p["kernel"], p["nu"], p["C"], p["gamma"]
@@ -120,3 +128,15 @@ class SVDD(SVDDMemory, PooledMethod):
         self.guard(self.predict_bytes(len(z), len(self.sv), z.shape[1]), f"SVDD predict on {test.dir} ({len(z)} images)",
                    "pool fewer channels (`svdd.layers`).")
         return self.distances(self.scaler.transform(z)), None
+
+    # -- memory: peak estimates for the guards (bench/memory.py prints them against the peaks)
+    def fit_bytes(self, n: int, dim: int) -> float:
+        """Peak RSS of fit: the training vectors, the (n, n) float64 kernel matrix (turned into
+        the solver's matrix in place) with the distance matrix the RBF kernel is computed from,
+        and libsvm's kernel cache."""
+        return BASELINE_BYTES + pooled_bytes(n, dim) + 16.0 * n * n + min(4.0 * n * n, LIBSVM_CACHE_MB * 2**20)
+
+    def predict_bytes(self, n_test: int, n_train: int, dim: int) -> float:
+        """Peak RSS of predict: the test and support vectors, the (n_test, support) kernel and
+        its distance matrix."""
+        return BASELINE_BYTES + pooled_bytes(n_test, dim) + 8.0 * n_train * dim + 16.0 * n_test * n_train

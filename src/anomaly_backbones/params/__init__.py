@@ -1,7 +1,10 @@
-"""params.yaml: read once and validated in full before any stage works; resolved to concrete values.
+"""params.yaml: the file read, and checked against a full schema (the stages' groups here, the
+methods' from their classes). The pipeline layer joins the two and resolves `auto`
+(anomaly_backbones.pipeline.config: load_params, validate, resolve), so this package imports no
+method, backbone or dataset module.
 
-    p = load_params()            # every group checked against the schema, defaults filled in
-    r = resolve(p, shapes)       # every `auto` made concrete (layers, padim.d, patchcore.layers)
+    p = read_params()                  # the YAML as written (a missing / broken file: UserError)
+    p = check_params(p, groups)        # every group checked against its schema, defaults filled in
 
 Messages name the param and what it must be (anomaly_backbones.params.schema).
 """
@@ -13,16 +16,15 @@ import yaml
 
 from ..errors import UserError
 from .groups import GROUPS, TOP
-from .resolve import resolve
 from .schema import Param, check_group, check_value, unknown_key
 
 PARAMS_FILE = "params.yaml"
 
-__all__ = ["PARAMS_FILE", "Param", "load_params", "resolve", "schema_groups", "set_params", "validate"]
+__all__ = ["PARAMS_FILE", "GROUPS", "TOP", "Param", "check_params", "read_params", "set_params"]
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> dict:
-    """The params file, validated, with absent params filled from the schema's defaults."""
+def read_params(path: str | Path = PARAMS_FILE):
+    """The params file as written (anomaly_backbones.pipeline.config.load_params validates it)."""
     path = Path(path)
     try:
         p = yaml.safe_load(path.read_text())
@@ -30,7 +32,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
         raise UserError(f"{path} not found: run stages from the project root.") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
-    return validate(p)
+    return p
 
 
 def set_params(path: str | Path, **changes) -> None:
@@ -46,39 +48,18 @@ def set_params(path: str | Path, **changes) -> None:
     path.write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-def schema_groups() -> dict[str, dict[str, Param]]:
-    """Every group's schema: the stages' groups and one per registered method."""
-    from ..methods import METHODS
-
-    return {**GROUPS, **{name: info.params for name, info in METHODS.items()}}
-
-
-def validate(p) -> dict:
-    """Every param checked (type, range, allowed values, unknown keys with "did you mean");
-    returns a new mapping with defaults filled in and values converted."""
+def check_params(p, groups: dict[str, dict[str, Param]]) -> dict:
+    """Every param checked against TOP and `groups` (type, range, allowed values, unknown keys
+    with "did you mean"); returns a new mapping with defaults filled in and values converted."""
     if not isinstance(p, dict):
         raise UserError(f"{PARAMS_FILE} must be a mapping of params, not {type(p).__name__}")
-    groups = schema_groups()
     for k in p:
         if k not in TOP and k not in groups:
             raise unknown_key("", k, [*TOP, *groups])
     out = {k: check_value(k, spec, p.get(k, spec.default)) for k, spec in TOP.items()}
     for name, schema in groups.items():
         out[name] = check_group(name, schema, p.get(name))
-    from ..methods import METHODS
-
-    for key, reads in (("methods", "features"), ("train_methods", "images")):
-        other = "train_methods" if key == "methods" else "methods"
-        for m in out[key]:
-            if m not in METHODS:
-                raise UserError(f"unknown method {m!r} in `{key}`; known: {', '.join(METHODS)}")
-            if METHODS[m].reads != reads:
-                raise UserError(f"{m} {'trains the backbone' if reads == 'features' else 'reads the feature cache'}: "
-                                f"list it in `{other}`, not `{key}`")
     d = out["data"]
-    from ..data.datasets import category_names
-
-    category_names(d["categories"], d["dataset"])   # names, not paths; BTAD's numbers
     if d["crop"] > d["resize"]:
         raise UserError(f"`data.crop` ({d['crop']}) must be <= `data.resize` ({d['resize']})")
     return out

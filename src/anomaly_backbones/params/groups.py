@@ -1,8 +1,10 @@
-"""The schema of every params group that is not a method's (the methods' groups are declared
-with the methods, anomaly_backbones.methods.METHODS). Grouped by stage, as params.yaml is."""
+"""The schema of every params group that is not a method's (each method declares its group on
+its class, methods/<name>.py). Grouped by stage, as params.yaml is. The checks that need the
+dataset registry (data.dataset, synthetic.categories) are added by the pipeline layer
+(anomaly_backbones.pipeline.config.schema_groups), which sits above the data package."""
 from __future__ import annotations
 
-import difflib
+import re
 
 from .schema import Param
 
@@ -15,30 +17,20 @@ def _unique(v) -> str | None:
     return None
 
 
-def _synthetic_categories(v) -> str | None:
-    from ..data.synthetic import CATEGORIES
-
-    bad = [c for c in v if c not in CATEGORIES]
-    return f"has unknown categories {bad} (known: {', '.join(CATEGORIES)})" if bad else _unique(v)
+DEVICES = "auto | cpu | cuda | cuda:N"
 
 
-def _dataset(v) -> str | None:
-    from ..data.datasets import DATASETS
-
-    if v in DATASETS:
+def check_device(v) -> str | None:
+    """The `device` param's spelling (whether that GPU exists is device.resolve_device's): a
+    string check, so the params layer never imports torch."""
+    if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
         return None
-    near = difflib.get_close_matches(str(v), DATASETS, n=1)
-    return f"must be one of {', '.join(DATASETS)}{f' (did you mean {near[0]!r}?)' if near else ''}"
-
-def _device(v) -> str | None:
-    from ..device import check_device
-
-    return check_device(v)
+    return f"must be one of {DEVICES}"
 
 
 TOP = {
     "seed": Param(1024, int, low=0, high=2**32 - 1, help="fixes every random choice"),
-    "device": Param("auto", str, check=_device, help="auto (a GPU when torch sees one, else cpu) | cpu | cuda | cuda:N"),
+    "device": Param("auto", str, check=check_device, help="auto (a GPU when torch sees one, else cpu) | cpu | cuda | cuda:N"),
     "backbone": Param("tf_efficientnet_lite0", str, help="`python -m anomaly_backbones backbones` lists them"),
     "init": Param("imagenet", str, help="imagenet | random | a named variant | a checkpoint path"),
     "layers": Param("auto", list, special=("auto",), check=_unique, help="auto = the registry's default"),
@@ -48,13 +40,13 @@ TOP = {
 
 GROUPS = {
     "synthetic": {
-        "categories": Param(["weave", "granite", "disc", "chip"], list, check=_synthetic_categories),
+        "categories": Param(["weave", "granite", "disc", "chip"], list, check=_unique),
         "n_train": Param(40, int, low=2),
         "n_good_test": Param(12, int, low=1),
         "n_defect_test": Param(9, int, low=1),
     },
     "data": {
-        "dataset": Param("synthetic", str, check=_dataset, help="`python -m anomaly_backbones download` lists them"),
+        "dataset": Param("synthetic", str, help="`python -m anomaly_backbones download` lists them"),
         "root": Param("data/synthetic", str),
         "categories": Param("all", list, special=("all",), items=object, help="names (checked with the dataset)"),
         "resize": Param(256, int, low=1),
@@ -67,6 +59,14 @@ GROUPS = {
         "engine": Param("auto", str, choices=("auto", "onnx", "eager")),
         "precision": Param("float32", str, choices=("float32", "bfloat16", "float16"),
                            help="the forward pass's arithmetic (autocast); float16 needs a GPU"),
+        "token_pool": Param("auto", str, choices=("auto", "cls", "mean"),
+                            help="transformers' pooled vector: the class token or the mean patch token; auto = "
+                                 "the registry's (the published choice)"),
+    },
+    "metrics": {
+        "pro_fpr_limit": Param(0.3, float, low=0.0, high=1.0, low_open=True,
+                               help="AU-PRO integrated up to this false positive rate (MVTec AD: 0.3; MVTec AD 2 "
+                                    "also reports 0.05)"),
     },
     "latency": {
         "runs": Param(10, int, low=0, help="timed calls per setting; 0 skips the measurement"),

@@ -45,7 +45,8 @@ def per_category_section(root: Path, runs: list[Run], order: dict[str, int] | No
         for d in data:
             init = d.get("init") or r.init
             rows.append({"source": r.label, "rev": r.rev, "backbone": d.get("backbone") or r.backbone,
-                         "init": init_label(init), "random_init": init_kind(init) == "random",
+                         "init": init_label(init, d.get("backbone") or r.backbone),
+                         "random_init": init_kind(init) == "random",
                          "variant": r.variant, "dataset": r.dataset, "method": d.get("method", ""),
                          "category": d.get("category", ""),
                          **{k: num(d.get(k)) for k in METRIC_KEYS if k in d},
@@ -107,7 +108,8 @@ def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[s
                              f"no latency{size}: {lat['error']}")
             continue
         init = lat.get("init") or run.init
-        row = {"backbone": lat.get("backbone") or run.backbone, "init": init_label(init),
+        backbone = lat.get("backbone") or run.backbone
+        row = {"backbone": backbone, "init": init_label(init, backbone),
                "random_init": init_kind(init) == "random", "variant": run.variant,
                "dataset": run.dataset, "category": lat.get("category", ""), "image_size": lat.get("image_size")}
         for key, _ in LATENCY_SETTINGS:

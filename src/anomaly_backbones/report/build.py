@@ -126,7 +126,8 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
     return out
 
 
-def main_report(argv: list[str] | None = None) -> None:
+def parser_report() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones report",
                                  description="Gather HEAD's committed run (the baseline), the base branch's, every "
                                              "finished DVC experiment and the workspace into Markdown/CSV tables per "
@@ -140,7 +141,11 @@ def main_report(argv: list[str] | None = None) -> None:
     ap.add_argument("--base", default=None, help="base branch whose committed run is compared too (default: "
                                                  "origin/HEAD, else main, else master; nothing where it is HEAD)")
     ap.add_argument("--repo", default=".", help="project root (default: the current folder)")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_report(argv: list[str] | None = None) -> None:
+    a = parser_report().parse_args(argv or [])
     root = Path(a.repo)
     if not (root / "dvc.yaml").exists():
         raise UserError(f"{root.resolve()} has no dvc.yaml: run the report from the project root or pass --repo.")

@@ -57,13 +57,20 @@ def init_kind(init: str) -> str:
     return str(init).split(":", 1)[0]
 
 
-def init_label(init: str) -> str:
-    """imagenet:in1k_pypi -> imagenet (in1k_pypi); random:seed=1024 -> random; file:/a/b.pth -> file b.pth."""
+def init_label(init: str, backbone: str | None = None) -> str:
+    """imagenet:in1k_pypi -> imagenet (in1k_pypi); random:seed=1024 -> random; file:/a/b.pth -> file b.pth.
+    With the `backbone` of a registry entry, named weights say how they were pretrained:
+    imagenet:dino -> self-supervised (dino), imagenet:IMAGENET1K_V1 -> supervised (IMAGENET1K_V1)
+    (the registry's `pretraining`)."""
     kind, _, rest = str(init).partition(":")
     if kind == "random":
         return "random"
     if kind == "file":
         return f"file {Path(rest).name}"
+    if backbone is not None and kind == "imagenet" and rest:
+        from ..backbones.registry import pretraining
+
+        kind = pretraining(backbone, rest) or kind
     return f"{kind} ({rest})" if rest else kind
 
 

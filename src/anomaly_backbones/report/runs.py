@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import dvc_client as dvc
 from ..dvc_client import LATENCY_FILE, METRICS_FILE, SPEED_FILE, Entry, canonical
-from ..methods import METHODS
+from ..methods import METHODS, get_method
 from ..metrics import PIXEL_KEYS
 
 LOAD_FRACTION = 0.5   # a timing is "under load" when the 1-minute load average exceeded this x CPUs
@@ -52,7 +52,7 @@ class Run:
         """An image-level method's pixel metrics are null in metrics.json, and `dvc exp show`
         drops null metrics: restore them as None ("not applicable"), never "not recorded"."""
         for method, figures in self.metrics.items():
-            if method in METHODS and METHODS[method].level == "image" and isinstance(figures, dict):
+            if method in METHODS and get_method(method).level == "image" and isinstance(figures, dict):
                 self.metrics[method] = {**dict.fromkeys(PIXEL_KEYS), **figures}
 
     @property

@@ -84,7 +84,8 @@ def show_lines(runs: list[Run], width: int = 120) -> list[str]:
     return lines
 
 
-def main_show(argv: list[str] | None = None) -> None:
+def parser_show() -> argparse.ArgumentParser:
+    """The command's argparse parser (its --help, and the usage `python -m anomaly_backbones` prints)."""
     ap = argparse.ArgumentParser(prog="python -m anomaly_backbones show",
                                  description="The runs the report compares (HEAD's committed run, the base "
                                              "branch's, the experiments, the workspace) in one compact table: "
@@ -95,7 +96,11 @@ def main_show(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=int, default=None,
                     help="line width (default: the terminal's; 120 when the output is not a terminal)")
     ap.add_argument("--repo", default=".", help="project root (default: the current folder)")
-    a = ap.parse_args(argv or [])
+    return ap
+
+
+def main_show(argv: list[str] | None = None) -> None:
+    a = parser_show().parse_args(argv or [])
     root = Path(a.repo)
     if not (root / "dvc.yaml").exists():
         raise UserError(f"{root.resolve()} has no dvc.yaml: run from the project root or pass --repo.")

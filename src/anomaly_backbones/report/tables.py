@@ -58,7 +58,7 @@ def long_rows(runs: list[Run], reg: dict[str, dict]) -> list[dict]:
         for m in r.methods:
             mv = r.metrics[m]
             rows.append({
-                "family": info["family"], "backbone": r.backbone, "init": init_label(r.init), "init_full": r.init,
+                "family": info["family"], "backbone": r.backbone, "init": init_label(r.init, r.backbone), "init_full": r.init,
                 "random_init": init_kind(r.init) == "random", "dataset": r.dataset, "layers": ",".join(r.layers),
                 "cache_mb": num(r.info.get("cache_mb")), "variant": r.variant, "method": m,
                 "level": "image" if is_image_level(mv) else "pixel",

@@ -34,6 +34,7 @@ import torch
 from ...backbones import normalize
 from ...device import synchronize, to_device
 from ...resources import BASELINE_BYTES
+from ...params.schema import Param
 from ..base import Method
 from .trunk import PrefixCache, Trunk, resolve_frozen
 
@@ -55,8 +56,23 @@ class ImageSet:
         return int(self.images.shape[1])
 
 
+def trained_params(epochs, batch_size: int, lr: float, frozen: str, **extra: Param) -> dict[str, Param]:
+    """The params every method that trains the backbone has (defaults: its published recipe)."""
+    return {
+        "epochs": Param(epochs, int, low=0, special=("auto",) if epochs == "auto" else ()),
+        "batch_size": Param(batch_size, int, low=1, help="training images per step (memory grows with it)"),
+        "lr": Param(lr, float, low=0, low_open=True),
+        **extra,
+        "frozen_through": Param(frozen, str, help="auto (registry's 2nd layer) | none | a module name"),
+        "test_curve": Param(False, bool, help="test ROC-AUC per epoch for the curve (never picks the epoch)"),
+    }
+
+
 class ImageMethod(Method):
     """Base of deep_svdd, panda, msc and doc (see the module docstring)."""
+
+    level = "image"
+    reads = "images"
 
     uses_prefix_cache = False   # True where no augmentation changes the frozen prefix's input
 
@@ -85,7 +101,8 @@ class ImageMethod(Method):
         self.trunk = Trunk(self.backbone.model, self.layers, frozen, train.image_size, self.name)
         self.prepare_trunk(train)
         self.guard(self.train_bytes(len(train), train.image_size),
-                   f"{self.name} training ({len(train)} images of {train.image_size} px, batches of {self.batch_size})",
+                   f"{self.name} training ({len(train)} images of {train.image_size} px, "
+                   f"{self.step_images(len(train))} images a step)",
                    f"lower `{self.name}.batch_size` (memory grows with it).")
         if self.uses_prefix_cache and frozen is not None and self.params.get("prefix_cache", False):
             self.cache_prefix(train, "train")
@@ -229,7 +246,12 @@ class ImageMethod(Method):
         cache = 0.0
         if self.uses_prefix_cache and t.frozen_through is not None and self.params.get("prefix_cache", False):
             cache = 4.0 * t.elems[t.frozen_through] * 2 * n_train   # train and (about as many) test images
-        return (BASELINE_BYTES + LIBS_BYTES + 4 * weights + self.views * self.batch_size * per_image + cache
+        return (BASELINE_BYTES + LIBS_BYTES + 4 * weights + self.step_images(n_train) * per_image + cache
                 + 8.0 * n_train * t.dim)
 
     views = 1   # images per training example (Mean-Shifted: two augmented views)
+
+    def step_images(self, n_train: int) -> int:
+        """Images through the network in one training step: `views` per example of a batch, a
+        batch being at most the training set (40 images never make a batch of 200)."""
+        return self.views * min(self.batch_size, n_train)

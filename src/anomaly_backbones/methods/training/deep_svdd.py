@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ...device import to_device
-from .base import ImageMethod, ImageSet
+from ...params.schema import Param
+from .base import ImageMethod, ImageSet, trained_params
 
 COLLAPSE_RATIO = 1e-6
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -63,6 +64,15 @@ def get_radius(dist: torch.Tensor, nu: float) -> float:
 
 class DeepSVDD(ImageMethod):
     name = "deep_svdd"
+    PARAMS = trained_params(
+        150, 200, 1e-4, "none",
+        lr_milestone=Param(50, int, low=0, help="lr x 0.1 from this epoch on (0: never)"),
+        weight_decay=Param(5e-7, float, low=0),
+        objective=Param("one-class", str, choices=("one-class", "soft-boundary")),
+        nu=Param(0.1, float, low=0, high=1, low_open=True),
+        warm_up_epochs=Param(10, int, low=0, help="soft-boundary: epochs before R is updated"),
+        eps=Param(0.1, float, low=0, help="centre coordinates nearer 0 are pushed to +-eps"),
+        biases=Param("frozen", str, choices=("frozen", "trained"), help="biases and normalization params"))
 
     def configure(self, p: dict) -> None:
         super().configure(p)

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UserError
-from .base import ImageMethod, ImageSet
+from ...params.schema import Param
+from .base import ImageMethod, ImageSet, trained_params
 from ..knn import knn_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -72,8 +73,18 @@ def reference_files(folder: str) -> tuple[list[Path], list[int], list[str]]:
 
 class DOC(ImageMethod):
     name = "doc"
+    PARAMS = trained_params(
+        "auto", 32, 5e-5, "auto",
+        reference=Param("none", str, help="ImageFolder-layout folder of labelled reference images"),
+        momentum=Param(0.9, float, low=0, high=1),
+        weight_decay=Param(5e-4, float, low=0),
+        **{"lambda": Param(0.1, float, low=0, help="weight of the compactness loss")},
+        prefix_cache=Param(True, bool, help="compute the frozen prefix once per image"))
+    RESOLVES_AUTO = ("epochs",)   # from the training images: the authors' iterations (resolved_epochs)
     uses_prefix_cache = True
-    views = 2   # a target and a reference batch per step
+    def step_images(self, n_train: int) -> int:
+        """A target batch (at most the training set) and a full reference batch per step."""
+        return min(self.batch_size, n_train) + self.batch_size
 
     def preflight(self) -> None:
         reference_files(self.params["reference"])

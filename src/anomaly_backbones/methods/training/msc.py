@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ...backbones import normalize
 from ...device import to_device
-from .base import ImageMethod, ImageSet
+from ...params.schema import Param
+from .base import ImageMethod, ImageSet, trained_params
 from ..knn import dn2_scores
 
 TEMPERATURE = 0.25
@@ -62,6 +63,10 @@ def moco_v2(size: int):
 
 class MeanShifted(ImageMethod):
     name = "msc"
+    PARAMS = trained_params(
+        20, 64, 1e-5, "auto",
+        weight_decay=Param(5e-5, float, low=0),
+        k=Param(2, int, low=1, help="DN2 nearest training features"))
     views = 2
 
     def embed_normalized(self, x: torch.Tensor) -> torch.Tensor:

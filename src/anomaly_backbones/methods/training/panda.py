@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ...device import to_device
-from .base import ImageMethod, ImageSet
+from ...params.schema import Param
+from .base import ImageMethod, ImageSet, trained_params
 from .ewc import ewc_penalty, load_or_estimate_fisher
 from ..knn import dn2_scores
 
@@ -35,6 +36,17 @@ def compactness_loss(features: torch.Tensor, center: torch.Tensor) -> torch.Tens
 
 class PANDA(ImageMethod):
     name = "panda"
+    PARAMS = trained_params(
+        15, 32, 1e-2, "auto",
+        variant=Param("early", str, choices=("early", "ses", "ewc")),
+        momentum=Param(0.9, float, low=0, high=1),
+        weight_decay=Param(5e-5, float, low=0),
+        clip=Param(1e-3, float, low=0, low_open=True, help="gradient norm clip"),
+        k=Param(2, int, low=1, help="DN2 nearest training features"),
+        ses_every=Param(5, int, low=1, help="ses: a snapshot every this many epochs"),
+        ewc_lambda=Param(1e4, float, low=0),
+        fisher=Param("none", str, help="ewc: a torch file {param name: diagonal Fisher}; none: estimate"),
+        prefix_cache=Param(True, bool, help="compute the frozen prefix once per image"))
     uses_prefix_cache = True
 
     def configure(self, p: dict) -> None:
