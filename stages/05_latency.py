@@ -7,7 +7,9 @@ that category's prepared test images: eager PyTorch and ONNX Runtime, one thread
 this process may use. Median and p90 over `latency.runs` calls after `latency.warmup` calls.
 
 A backbone that cannot be traced or exported does not fail the experiment (a sweep keeps its
-ROC-AUC): the error goes into latency.json as `error` and is printed. `latency.runs=0` skips
+ROC-AUC): the error goes into latency.json as `error` and is printed. The same for a PaDiM model
+(every position's inverse covariance, `padim_model_mb`) that does not fit in memory: the fit
+stage scores without holding it, the deployable model cannot. `latency.runs=0` skips
 the measurement before torch is imported (a benchmark's cold run pays seconds, not the stage).
 
 Always on the CPU, whatever `device` says: this is the deployment cost of one image on the CPU
@@ -59,7 +61,8 @@ def measure(p, bb, train, cat, head, runs, warmup):
     r = resolve(p, shapes=train.meta["shapes"])
     padim = PaDiM(r["padim"], r["layers"], p["seed"])
     padim.fit(train)
-    scorer = PadimScorer(bb, padim, train.image_size)
+    head["padim_model_mb"] = round(padim.model_bytes() / 2**20, 1)   # every inverse: the deployable model's size
+    scorer = PadimScorer(bb, padim, train.image_size)   # builds the model (its memory guard: a UserError, noted)
     images = load_prepared(PREPARED / cat, "test_images", mmap=False)
     inputs = [torch.from_numpy(np.ascontiguousarray(images[i:i + 1])).permute(0, 3, 1, 2).contiguous()
               for i in range(len(images))]

@@ -290,3 +290,12 @@ def test_listing_imports_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert [row["name"] for row in json.loads(r.stdout)] == NAMES
     assert r.stderr.strip() == "[]"
+
+
+def test_registry_d_is_honoured_at_the_registry_layers():
+    """#29: the study's d is used as stated: never above the channels of the registry's layers
+    (`backbones` says so; _resolve_d would otherwise cap it silently)."""
+    from anomaly_backbones.backbones import registry
+
+    over = [(e["name"], e["d"], e["dim"]) for e in registry() if isinstance(e["d"], int) and e["d"] > e["dim"]]
+    assert over == []

@@ -136,3 +136,14 @@ def test_bad_params():
         CFlow({"epoch": 3}, ["a"])
     with pytest.raises(UserError):
         CFlow({"lr": 0}, ["a"])
+
+
+def test_a_diverging_training_is_one_line_naming_the_layer_and_param(tmp_path, monkeypatch):
+    """#29: a non-finite training loss (a diverging flow) ends fit with a UserError naming the
+    backbone, the layer and the param that helps, not a NaN model or a traceback."""
+    rng = np.random.default_rng(0)
+    train, _ = make_cache(tmp_path / "c", {"a": rng.normal(size=(4, 8, 4, 4))}, {"a": rng.normal(size=(2, 8, 4, 4))})
+    m = CFlow({"epochs": 1, "coupling_blocks": 2, "condition_vector": 8, "fibers_per_epoch": 32}, ["a"], 0)
+    monkeypatch.setattr(torch.nn.functional, "logsigmoid", lambda x: x * float("nan"))
+    with pytest.raises(UserError, match=r"diverged .* on test layer a .*`cflow.lr`"):
+        m.fit(train)

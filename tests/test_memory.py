@@ -60,13 +60,20 @@ def increasing(values) -> bool:
     return all(a < b for a, b in zip(values, values[1:]))
 
 
-def test_padim_estimates_grow_with_d():
-    def padim(d):
-        m = PaDiM({"d": d}, list(MTD), 0)
-        m.grid, m.d = (56, 56), d
+def test_padim_estimates_grow_with_chunk_mb_and_stay_bounded_in_d_and_grid():
+    """The fit-and-score pass holds chunks, never every inverse: its estimates grow with chunk_mb
+    (and with d only as far as one grid row exceeds it); the built model grows with d^2."""
+    def padim(d, chunk_mb=256, grid=(56, 56)):
+        m = PaDiM({"d": d, "chunk_mb": chunk_mb}, list(MTD), 0)
+        m.grid, m.d = grid, d
         return m
-    assert increasing([padim(d).fit_bytes(761) for d in (50, 100, 200, 550)])
-    assert increasing([padim(d).predict_bytes(583, 224) for d in (50, 100, 200, 550)])
+    assert increasing([padim(100, mb).fit_bytes(761) for mb in (16, 64, 256)])
+    assert increasing([padim(100, mb).predict_bytes(583, 224) for mb in (16, 64, 256)])
+    assert increasing([padim(d).model_bytes() for d in (50, 100, 200, 550)])
+    for d in (50, 100, 200, 550):
+        assert padim(d).fit_bytes(761) < 2 * 2**30 and padim(d).predict_bytes(583, 224) < 3 * 2**30
+    # a 4x larger grid: the distances and maps grow, the chunks do not
+    assert padim(550, grid=(112, 112)).predict_bytes(583, 224) < padim(550).predict_bytes(583, 224) + 4.0 * 583 * 3 * 56 * 56 * 1.01
 
 
 def test_spade_estimate_grows_with_chunk_mb_and_batch_size():

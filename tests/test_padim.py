@@ -110,16 +110,76 @@ def test_constant_features_and_fewer_images_than_d_are_regularized(tmp_path, dev
     np.testing.assert_allclose(dist[1], np.sqrt(10 / 0.01), rtol=1e-4)
 
 
-def test_memory_estimates_cover_the_arrays_the_fitted_model_holds(tmp_path):
-    """The estimates against the arrays a real fit leaves (their nbytes, measured): the fitted
-    model (means, inverse covariances) fits in fit_bytes, and predict_bytes holds the model plus
-    the maps it returns. Peaks, with the process, are bench/memory.py's figures."""
+def test_wide_resnet_d550_estimate_fits_8_gib():
+    """The study's heaviest PaDiM: WideResNet-50-2, d=550, 56x56 grid."""
+    m = PaDiM({"d": 550}, ["layer1", "layer2", "layer3"], seed=0)
+    m.grid, m.d = (56, 56), 550
+    assert m.fit_bytes(1000) < 8 * 2**30 and m.predict_bytes(400, 224) < 8 * 2**30   # the pass: no model held
+    assert 3.5 * 2**30 < m.model_bytes() < 8 * 2**30      # the deployable model: every inverse
+
+
+def test_memory_estimates_cover_the_arrays_the_pass_holds(tmp_path):
+    """The estimates against the arrays a real fit-and-score pass makes (their nbytes, measured):
+    one training chunk's slice, means and inverses fit in fit_bytes; predict_bytes holds a test
+    chunk's slice, the inverses of a test chunk and of a training chunk, and the maps it returns;
+    model_bytes is the deployable model (`mean`, `inv_cov` once built), which the pass never holds.
+    Peaks, with the process, are bench/memory.py's figures."""
+    from anomaly_backbones.methods.common import Scratch
     from anomaly_backbones.resources import BASELINE_BYTES
 
-    cache = _cache(tmp_path, n=12, m=5)
-    m = PaDiM({"d": 8}, ["a", "b"], seed=0)
+    cache = _cache(tmp_path, n=12, m=5, big=9, small=4)
+    train, test = FeatureSet(cache, "train"), FeatureSet(cache, "test")
+    m = PaDiM({"d": 8, "chunk_mb": 0.01}, ["a", "b"], seed=0)   # 3 training rows, 4 test rows a chunk
+    m.fit(train)
+    assert len(m._row_chunks(12)) > 1 and m._row_chunks(5) != m._row_chunks(12)
+    nbytes = lambda *ts: sum(t.numel() * t.element_size() for t in ts)   # noqa: E731
+    r0, r1, mu, inv = next(m._gaussians())
+    assert nbytes(m._rows(train, r0, r1, Scratch()), mu, inv) <= m.fit_bytes(12) - BASELINE_BYTES
+    _, maps = m.predict(test)
+    assert m._model is None   # the pass kept no model
+    q0, q1 = m._row_chunks(5)[0]
+    held = nbytes(m._rows(test, q0, q1, Scratch())) + 2 * nbytes(inv) * (q1 - q0) // (r1 - r0)
+    assert held + maps.nbytes <= m.predict_bytes(5, 16) - BASELINE_BYTES
+    assert nbytes(m.mean, m.inv_cov) == m.model_bytes()
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e3, 1e4])
+def test_random_init_scale_features_with_fewer_images_than_d_keep_the_regularizer(tmp_path, scale, device):
+    """Random-init backbones give features of 1e2..1e4 (variances 1e4..1e8): float32 rounds the
+    0.01*I away beside them and, with n < d, the covariance is singular (float32 Cholesky fails:
+    issue #29's resnet101 traceback). The affected positions are redone in float64: the distances
+    equal the float64 definition."""
+    rng = np.random.default_rng(0)
+    tr = (rng.normal(size=(10, 40, 3, 3)) * scale).astype(np.float32)
+    te = (rng.normal(size=(3, 40, 3, 3)) * scale).astype(np.float32)
+    cache = make_cache(tmp_path / "c", {"a": tr}, {"a": te}, image_size=8)[0].dir
+    x = torch.from_numpy(tr).permute(2, 3, 0, 1).reshape(9, 10, 40)
+    x = x - x.mean(1, keepdim=True)
+    cov = torch.bmm(x.transpose(1, 2), x) / 9 + 0.01 * torch.eye(40)
+    assert (torch.linalg.cholesky_ex(cov)[1] != 0).any() == (scale >= 1e3)   # float32 fails (1e2: succeeds, inexact)
+    m = PaDiM({"d": 40}, ["a"], seed=0, device=device)
     m.fit(FeatureSet(cache, "train"))
-    model = sum(t.numel() * t.element_size() for t in (m.mean, m.inv_cov))
-    assert model <= m.fit_bytes(12) - BASELINE_BYTES
-    _, maps = m.predict(FeatureSet(cache, "test"))
-    assert model + maps.nbytes <= m.predict_bytes(5, 16) - BASELINE_BYTES
+    got = m.grid_scores(FeatureSet(cache, "test"))[1]
+    assert m.float64_positions == 9
+    want = np.empty((3, 9))
+    x64, t64 = tr.astype(np.float64).reshape(10, 40, 9), te.astype(np.float64).reshape(3, 40, 9)
+    for p in range(9):
+        c = np.cov(x64[:, :, p], rowvar=False) + 0.01 * np.eye(40)
+        dl = t64[:, :, p] - x64[:, :, p].mean(0)
+        want[:, p] = np.sqrt(np.einsum("nd,de,ne->n", dl, np.linalg.inv(c), dl))
+    np.testing.assert_allclose(got.reshape(3, 9), want, rtol=1e-4)
+
+
+def test_one_pass_equals_the_built_model_bit_for_bit(tmp_path):
+    """grid_scores fits and scores chunk by chunk and drops each chunk's inverses; the same
+    distances, bit for bit, as scoring against every position's inverse held at once (the
+    deployable model), for any chunking (chunk_mb itself moves the last bits: MKL's batches)."""
+    cache = _cache(tmp_path, big=9, small=4)
+    # rows per chunk (train / test): 1 / 1; 2 / 3 and 5 / 7 (a test chunk spans two training chunks); 9 / 9
+    for chunk_mb in (1e-6, 0.01, 0.02, 1000):
+        m = PaDiM({"d": 9, "chunk_mb": chunk_mb}, ["a", "b"], seed=1024)
+        m.fit(FeatureSet(cache, "train"))
+        one_pass = m.grid_scores(FeatureSet(cache, "test"))[1]
+        assert m._model is None    # the pass kept no model
+        assert m.inv_cov.shape == (81, 9, 9) and m._model is not None   # built on first use
+        assert np.array_equal(m.grid_scores(FeatureSet(cache, "test"))[1], one_pass)

@@ -225,6 +225,12 @@ def test_latency_table_flags_load(repo, tmp_path):
     table = [line for line in "\n".join(lines).splitlines() if line.startswith("| ")]
     assert table[2].endswith(f"| 3.0 {LOAD_MARK} | r18-busy |") and table[3].endswith("| 0.5 | HEAD (baseline) |")
     assert [r["source"] for r in csv.DictReader(open(tmp_path / "latency.csv"))] == ["r18-busy", "HEAD"]
+    # a model that cannot be built (or an untraceable backbone): a note with its size, not a row
+    g.runs[1].latency = {"backbone": "resnet18", "init": "random", "padim_model_mb": 47000.0,
+                         "error": "the PaDiM model of data/features/disc needs about 46 GiB"}
+    lines = latency_section(tmp_path, g.runs, {})
+    assert sum(line.startswith("| ") for line in lines[2].splitlines()) == 3   # header, rule, HEAD
+    assert any("resnet18" in x and "no latency (PaDiM model 47,000 MB): the PaDiM model" in x for x in lines)
 
 
 # ---------------------------------------------------------------------------------- show, html, pipes
@@ -318,3 +324,31 @@ def test_the_roc_csvs_the_aggregate_writes_hold_every_field_the_plot_reads(tmp_p
     assert [(r["fpr"], r["tpr"], r["method"], r["category"], r["backbone"]) for r in rows] == [
         ("0.0", "0.0", "padim", "disc", "resnet18"), ("0.5", "1.0", "padim", "disc", "resnet18"),
         ("1.0", "1.0", "padim", "disc", "resnet18")]
+
+
+def test_overlays_note_image_level_methods_and_missing_outputs(tmp_path):
+    """#29: an image-level method's outputs have no `maps` (DN2); the overlays make the pixel
+    methods' figures and a note for the others, never a KeyError."""
+    import json
+
+    import numpy as np
+
+    from anomaly_backbones.report.overlays import overlays
+
+    cdir = tmp_path / "data" / "prepared" / "chip"
+    cdir.mkdir(parents=True)
+    (cdir.parent / "categories.json").write_text(json.dumps([{"category": "chip"}, {"category": "disc"}]))
+    np.save(cdir / "test_images.npy", np.zeros((3, 16, 16, 3), np.uint8))
+    masks = np.zeros((3, 16, 16), np.uint8)
+    masks[1, 4:8, 4:8] = 1
+    np.save(cdir / "test_masks.npy", masks)
+    (cdir / "samples.csv").write_text("split,label,defect\ntest,0,good\ntest,1,crack\ntest,0,good\n")
+    for m, arrays in (("padim", {"maps": np.random.default_rng(0).random((3, 16, 16)).astype(np.float16)}),
+                      ("dn2", {})):
+        (tmp_path / "outputs" / m).mkdir(parents=True)
+        (tmp_path / "outputs" / m / "results.json").write_text("{}")
+        np.savez(tmp_path / "outputs" / m / "chip.npz", scores=np.arange(3, dtype=np.float32), **arrays)
+    made, notes = overlays(tmp_path, tmp_path / "report", 2)
+    assert [(x["method"], x["category"]) for x in made] == [("padim", "chip")] and made[0]["path"].exists()
+    assert "dn2/chip: image-level method (no anomaly map), no overlay" in notes
+    assert "dn2/disc: no outputs" in notes and "padim/disc: no outputs" in notes

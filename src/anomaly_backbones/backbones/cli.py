@@ -66,4 +66,6 @@ def main_backbones(argv: list[str] | None = None) -> None:
     n_off = sum(r["weights_offline"] for r in rows)
     print(f"\n{len(rows)} backbones; default weights offline for {n_off}. trunk = parameters up to the deepest "
           f"of `layers`, full = the whole model. d 'all' = no reduction. Other timm/torchvision names also work "
-          f"with explicit `layers`.")
+          f"with explicit `layers`. d = PaDiM's d under `padim.d=auto` (the study's), used as stated for "
+          f"the registry's `layers` (never above dim there; other layers: capped at their channels); PaDiM's "
+          f"fit-and-score pass holds one chunk of d x d inverses, so d is never lowered for memory.")

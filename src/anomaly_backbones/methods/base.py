@@ -87,6 +87,8 @@ class Method:
     reads: ClassVar[str] = "features"        # "features" (the cache) | "images" (trains the backbone)
     PARAMS: ClassVar[dict[str, Param]] = {}  # the params group's schema
     RESOLVES_AUTO: ClassVar[tuple[str, ...]] = ()   # params whose `auto` the method resolves itself
+    deferred_fit_s: float = 0.0              # fitting done inside predict (PaDiM's one pass): seconds, so
+                                             # the fit stage books them as fit, not as per-image cost
 
     def __init__(self, params: dict | None, layers: list[str], seed: int = 1024, device="cpu"):
         self.params = check_group(self.name, self.PARAMS, params)

@@ -223,7 +223,12 @@ class CFlow(Method):
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        total += float(loss.detach()) * len(sel)
+                        step_loss = float(loss.detach())
+                        if not math.isfinite(step_loss):
+                            raise UserError(
+                                f"CFLOW-AD training diverged (loss {step_loss}) on {train.meta.get('backbone', '?')} "
+                                f"layer {name} ({train.dir}): lower `cflow.lr` or `cflow.clamp_alpha`.")
+                        total += step_loss * len(sel)
                         count += len(sel)
             self.losses.append(total / max(1, count))
             bar.set_postfix(loss=f"{self.losses[-1]:.4f}")

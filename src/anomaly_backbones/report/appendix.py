@@ -97,11 +97,15 @@ LATENCY_SETTINGS = (("eager_1t", "eager, 1 thread"), ("eager_all", "eager, all t
 def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[str]:
     """The index's "Deployment latency (batch 1)" lines and latency.csv: one row per run that has
     metrics/latency.json with figures (not skipped, not failed)."""
-    rows = []
+    rows, notes = [], []
     for run in runs:
         lat = run.latency
         pad = (lat or {}).get("padim")
         if not isinstance(pad, dict):
+            if isinstance(lat, dict) and lat.get("error"):   # untraceable backbone, model too large: a note
+                size = f" (PaDiM model {lat['padim_model_mb']:,.0f} MB)" if lat.get("padim_model_mb") else ""
+                notes.append(f"- {run.backbone} ({init_label(lat.get('init') or run.init)}), {run.run_cell}: "
+                             f"no latency{size}: {lat['error']}")
             continue
         init = lat.get("init") or run.init
         backbone = lat.get("backbone") or run.backbone
@@ -119,7 +123,7 @@ def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[s
     write_csv(out / "latency.csv", rows)
     lines = ["## Deployment latency (batch 1)", ""]
     if not rows:
-        return lines + [f"_No run has `{LATENCY_FILE}` (the `latency` stage)._", ""]
+        return lines + [f"_No run has `{LATENCY_FILE}` (the `latency` stage)._", ""] + notes + ([""] if notes else [])
     show_variant = any(x["variant"] for x in rows)
     header = ["backbone", "init"] + (["variant"] if show_variant else []) + \
         [f"{label} ms" for _, label in LATENCY_SETTINGS] + ["ONNX MB (trunk)", "all threads", "load", "run"]
@@ -144,4 +148,4 @@ def latency_section(out: Path, runs: list[Run], order: dict[str, int]) -> list[s
               "model plus weights (mostly PaDiM's inverse covariances); in brackets the backbone trunk's share. "
               "Data: [latency.csv](latency.csv). "
               f"Runs without `{LATENCY_FILE}` are left out.", ""]
-    return lines
+    return lines + notes + ([""] if notes else [])

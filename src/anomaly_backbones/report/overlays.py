@@ -2,7 +2,8 @@
 
 overlays(root, out, n) -> (made, notes): for each (method, category) of `outputs/`, n test images from
 `data/prepared` (defective ones spread over the test set, one good one), written to
-out/overlays/<method>_<category>.png with one colour scale per category. Only the workspace has these
+out/overlays/<method>_<category>.png with one colour scale per category. An image-level method
+(outputs without `maps`) and a category without outputs (a failed fit) get a note instead. Only the workspace has these
 files checked out (experiments keep them in the DVC cache: `dvc exp apply <name>` first).
 """
 from __future__ import annotations
@@ -58,6 +59,9 @@ def overlays(root: Path, out: Path, n: int) -> tuple[list[dict], list[str]]:
                 notes.append(f"{m}/{cat}: no outputs")
                 continue
             with np.load(npz) as z:
+                if "maps" not in z.files:   # an image-level method (DN2, OC-SVM, ...): scores only
+                    notes.append(f"{m}/{cat}: image-level method (no anomaly map), no overlay")
+                    continue
                 maps, scores = z["maps"], z["scores"]
             images = np.load(cdir / "test_images.npy", mmap_mode="r")
             masks = np.load(cdir / "test_masks.npy", mmap_mode="r")
