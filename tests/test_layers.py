@@ -19,7 +19,7 @@ SRC = ROOT / "src"
 # top to bottom; a module may import its own layer's modules (no cycle) and any layer below
 LAYERS = [
     ("cli", {"__main__", "pr_comment"}),
-    ("pipeline", {"pipeline", "report", "line", "cluster", "sweep", "deploy"}),
+    ("pipeline", {"pipeline", "report", "line", "sweep", "sweep_plan", "cluster", "deploy"}),
     ("library", {"methods", "backbones", "data", "pooling", "download"}),
     ("core", {"metrics", "params", "device", "resources", "features", "holdout", "dvc_client", "runner"}),
     ("base", {"files", "errors"}),

@@ -74,7 +74,7 @@ def collect(root: Path) -> None:
 
 def main_cluster(a, backbones: list[str], base: dict) -> None:
     from ..dvc_client import exp_show
-    from ..sweep import experiment_states, plan_sweep
+    from ..sweep_plan import experiment_states, plan_sweep
     from . import plan as cplan
     from .progress import Progress
 
