@@ -33,7 +33,9 @@ test: setup setup-cluster
 mvtec: setup
 	$(PY) -m anomaly_backbones download mvtec data/mvtec
 
-# Generated outputs only: what git ignores under data/, outputs/, metrics/, reports/. The committed
-# run (metrics/metrics.json, speed.json, latency.json, roc/) and DVC's cache stay.
+# Generated outputs only: what git ignores under data/, outputs/, metrics/, reports/, and ROC curves
+# another run added to metrics/roc/. The committed run (metrics/metrics.json, speed.json,
+# latency.json, roc/) and DVC's cache stay.
 clean:
 	git clean -fdX -- data outputs metrics reports
+	git clean -fd -- metrics/roc
