@@ -105,7 +105,7 @@ def table_row(r: dict, methods: list[str]) -> str:
 
 def main(argv=None) -> int:
     from anomaly_backbones.backbones import registry, weights_offline
-    from anomaly_backbones.methods import METHODS
+    from anomaly_backbones.methods import METHODS, get_method
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", help="comma-separated names (default: the whole registry)")
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     if a.families:
         seen: set[str] = set()
         entries = [e for e in entries if not (e["family"] in seen or seen.add(e["family"]))]
-    methods = a.methods.split(",") if a.methods else [k for k, v in METHODS.items() if v.reads == "features"]
+    methods = a.methods.split(",") if a.methods else [k for k in METHODS if get_method(k).reads == "features"]
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "_data"

@@ -4,12 +4,16 @@ every cell `ok` (a UserError or a traceback names the backbone and method in the
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+# opt-in until it has run to the end on CI's machine (about 1 minute a family here): #29 is open
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("REGISTRY_SWEEP") != "1",
+                                 reason="the 17-family sweep runs with REGISTRY_SWEEP=1")]
 
 
 def _sweep():
