@@ -32,6 +32,15 @@ PER_CATEGORY_FILE = "metrics/per_category.csv"
 RUN_FILES = (METRICS_FILE, SPEED_FILE, LATENCY_FILE)
 
 
+def require_project(root: Path, flag: str | None = "--repo") -> Path:
+    """`root`, checked to be a DVC project (it holds dvc.yaml) before a command reads it; else one
+    line naming the folder and the fix (`flag`: the command's option that names another root)."""
+    if not (root / "dvc.yaml").exists():
+        fix = f" or pass {flag}" if flag else ""
+        raise UserError(f"{root.resolve()} has no dvc.yaml: run from the project root{fix}.")
+    return root
+
+
 def env() -> dict:
     """The environment for dvc: this interpreter's bin folder first, so stages find `python`/`dvc`."""
     bindir = str(Path(sys.executable).parent)

@@ -18,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from .dvc_client import require_project
 from .errors import UserError
 
 MARKER = "<!-- anomaly-backbones:pr-metrics -->"
@@ -162,8 +163,7 @@ def parser_pr_comment() -> argparse.ArgumentParser:
 
 def main_pr_comment(argv: list[str] | None = None) -> None:
     a = parser_pr_comment().parse_args(argv or [])
-    if not Path("dvc.yaml").exists():
-        raise UserError("no dvc.yaml here: run from the project root.")
+    require_project(Path("."), flag=None)
     metrics_md, params_md = dvc_diffs(a.base)
     body = build_comment(metrics_md, params_md, base=a.base, head=a.title, paired=paired_tests(a.base))
     if a.out:

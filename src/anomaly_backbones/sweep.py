@@ -27,7 +27,7 @@ import yaml
 
 from .errors import UserError
 from . import dvc_client as dvc
-from .dvc_client import PARAMS_FILE
+from .dvc_client import PARAMS_FILE, require_project
 from .sweep_plan import (apply_overrides, experiment_states, parse_override,  # noqa: F401 (apply_overrides: re-exported)
                          plan_sweep, select_backbones)
 
@@ -112,8 +112,7 @@ def main_sweep(argv: list[str] | None = None) -> None:
 
     a = parser_sweep().parse_args(argv or [])
     root = Path(".")
-    if not (root / "dvc.yaml").exists():
-        raise UserError("no dvc.yaml here: run the sweep from the project root.")
+    require_project(root, flag=None)
     if a.collect:
         return collect(root)
     if a.jobs < 1:

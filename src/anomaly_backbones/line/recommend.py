@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..dvc_client import require_project
 from ..errors import UserError
 from ..metrics.paired import delong_paired, pooled, verdict
 
@@ -229,8 +230,7 @@ def main_recommend(argv: list[str] | None = None) -> None:
 
     a = parser_recommend().parse_args(argv or [])
     root = Path(a.repo)
-    if not (root / "dvc.yaml").exists():
-        raise UserError(f"{root.resolve()} has no dvc.yaml: run from the project root or pass --repo.")
+    require_project(root)
     g = gather(root, all_commits=a.all_commits)
     ds = choose_dataset(g.runs, a.dataset)
     sel = [r for r in g.runs if r.dataset == ds]

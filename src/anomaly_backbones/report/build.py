@@ -5,6 +5,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ..dvc_client import require_project
 from ..errors import UserError
 from .appendix import latency_section, per_category_section
 from .fmt import RANDOM_MARK, slug, write_csv
@@ -137,7 +138,6 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
 def recommendation_section(root: Path, g) -> list[str]:
     """`## Recommendation`: per dataset, line.recommend's answer without budgets (the paired test
     where the runs' per-image scores are readable)."""
-    from ..errors import UserError
     from ..line.recommend import recommendation_for, text_lines
 
     lines = ["## Recommendation", ""]
@@ -171,8 +171,7 @@ def parser_report() -> argparse.ArgumentParser:
 def main_report(argv: list[str] | None = None) -> None:
     a = parser_report().parse_args(argv or [])
     root = Path(a.repo)
-    if not (root / "dvc.yaml").exists():
-        raise UserError(f"{root.resolve()} has no dvc.yaml: run the report from the project root or pass --repo.")
+    require_project(root)
     out = build_report(root, a.out, a.overlays, all_commits=not a.head_only, base=a.base)
     print(f"report written to {out}/README.md and {out}/index.html")
     for line in (out / "README.md").read_text().splitlines():

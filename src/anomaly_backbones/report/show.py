@@ -20,6 +20,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ..dvc_client import require_project
 from ..errors import UserError
 from .fmt import NOT_APPLICABLE, init_kind, num
 from .runs import Run, gather
@@ -123,8 +124,7 @@ def parser_show() -> argparse.ArgumentParser:
 def main_show(argv: list[str] | None = None) -> None:
     a = parser_show().parse_args(argv or [])
     root = Path(a.repo)
-    if not (root / "dvc.yaml").exists():
-        raise UserError(f"{root.resolve()} has no dvc.yaml: run from the project root or pass --repo.")
+    require_project(root)
     width = a.width or (shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120)
     g = gather(root, all_commits=a.all_commits, base=a.base)
     print("\n".join(dataset_blocks(g.runs, max(width, 40), a.dataset)))
