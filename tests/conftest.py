@@ -19,6 +19,16 @@ DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_GPU)]
 CUDA = [pytest.param("cuda", marks=NEEDS_GPU)]   # the CPU-vs-device agreement tests: a GPU only
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The suite shares a small CPU: one intra-op thread for a module's tests (restored after).
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     """The device a method test runs on (`@pytest.mark.parametrize("device", CUDA, indirect=True)`

@@ -26,13 +26,7 @@ SMALL = 64            # input side for dim checks (Inception v3 needs >= 75 px)
 RECOUNT = "stale registry_facts.yaml: run `python -m anomaly_backbones.backbones.counts`"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The suite shares a small CPU: one intra-op thread (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(n=1, side=SMALL, seed=0):

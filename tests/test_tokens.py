@@ -14,12 +14,7 @@ from anomaly_backbones.errors import UserError
 from anomaly_backbones.pooling import Tail, last_stage
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(side, n=2):

@@ -21,16 +21,7 @@ from anomaly_backbones.backbones.weights import SOURCES, default_source
 from anomaly_backbones.errors import UserError
 
 
-THREADS = {}
-
-
-def setup_module():
-    THREADS["before"] = torch.get_num_threads()    # the suite shares a small CPU: one intra-op thread
-    torch.set_num_threads(1)
-
-
-def teardown_module():
-    torch.set_num_threads(THREADS["before"])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
