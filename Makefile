@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: setup setup-cluster repro test bench mvtec clean
+.PHONY: setup setup-extras repro test bench mvtec clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,20 +13,21 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# the optional cluster engines (`pip install -e .[ray,slurm]`): tests/test_cluster.py runs a real Ray cluster
-$(VENV)/.cluster: $(VENV)/.installed requirements-cluster.txt
-	$(PY) -m pip install -q -r requirements-cluster.txt
+# the optional extras (`pip install -e .[ray,slurm,openvino]`): tests/test_cluster.py runs a real Ray
+# cluster, tests/test_line_export.py an OpenVINO export
+$(VENV)/.extras: $(VENV)/.installed requirements-extras.txt
+	$(PY) -m pip install -q -r requirements-extras.txt
 	touch $@
 
 setup: $(VENV)/.installed
 
-setup-cluster: $(VENV)/.cluster
+setup-extras: $(VENV)/.extras
 
 repro: setup
 	$(RUN) dvc repro
 
-test: setup setup-cluster
-	$(RUN) $(PY) -m pytest -q tests
+test: setup setup-extras
+	$(RUN) $(PY) -m pytest -q --durations=30 tests
 
 # Download MVTec AD (needs internet; checksum-checked) into data/mvtec, then: dvc exp run -S data.dataset=mvtec -S data.root=data/mvtec
 # (VisA, BTAD: python -m anomaly_backbones download visa|btad data/<name>; docs/datasets.md)

@@ -147,3 +147,24 @@ def test_a_diverging_training_is_one_line_naming_the_layer_and_param(tmp_path, m
     monkeypatch.setattr(torch.nn.functional, "logsigmoid", lambda x: x * float("nan"))
     with pytest.raises(UserError, match=r"diverged .* on test layer a .*`cflow.lr`"):
         m.fit(train)
+
+
+def test_features_at_random_init_scale_are_standardized_not_scored_0_5(tmp_path):
+    """#29: features 1,000 times larger (a random-init network's scale) made every image score the
+    same (ROC-AUC 0.5, no error): exp(log p - max) underflowed everywhere but at one position.
+    `standardize: auto` standardizes such a layer by its training channels, so the scaled set
+    scores as well as the original; at pretrained scale nothing changes, bit for bit."""
+    (train, test), labels = synthetic(tmp_path, seed=1)
+    big = {split: {k: fs.array(k)[:] * 1e3 for k in SHAPES} for split, fs in (("train", train), ("test", test))}
+    big_train, big_test = make_cache(tmp_path / "big", big["train"], big["test"], image_size=32)
+    raw = CFlow({**SMALL, "standardize": False}, list(SHAPES), seed=1024)
+    raw.fit(big_train)
+    assert len(np.unique(raw.predict(big_test)[0])) == 1          # the failure, as anomalib's rule gives it
+    auto = CFlow(SMALL, list(SHAPES), seed=1024)
+    auto.fit(big_train)
+    assert auto.standardized == list(SHAPES)
+    assert roc_auc_score(labels, auto.predict(big_test)[0]) >= 0.95
+    plain, off = CFlow(SMALL, list(SHAPES), seed=1024), CFlow({**SMALL, "standardize": False}, list(SHAPES), seed=1024)
+    plain.fit(train)
+    off.fit(train)
+    assert plain.standardized == [] and np.array_equal(plain.predict(test)[0], off.predict(test)[0])

@@ -73,6 +73,32 @@ def test_export_reproduces_the_pipeline_on_onnx_runtime(run):
                 assert np.abs(amap[0] - wmap).max() <= 1e-3 * np.abs(z["maps"].astype(np.float32)).max()
 
 
+def test_openvino_export_reproduces_the_pipeline(run, tmp_path):
+    """--format all: the OpenVINO IR beside the ONNX file, float32 weights (OpenVINO's default fp16
+    compression moved PaDiM's scores by 1.3e-3 relative), run here on OpenVINO's CPU plugin against
+    outputs/padim (not export's own check), and export's check in the card."""
+    ov = pytest.importorskip("openvino")
+    out = tmp_path / "models"
+    sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "padim", "--format", "all",
+        "--out", str(out), "--repo", str(run)], run)
+    folder = out / "padim" / "disc"
+    card = json.loads((folder / "model.json").read_text())
+    assert {"model.onnx", "openvino/model.xml", "openvino/model.bin"} <= set(card["files"])
+    assert card["check_vs_pipeline_openvino"]["ok"] and card["check_vs_pipeline_openvino"]["images"] == 12
+    compiled = ov.Core().compile_model(str(folder / "openvino" / "model.xml"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    images = np.load(run / "data/prepared/disc/test_images.npy")
+    z = np.load(run / "outputs" / "padim" / "disc.npz")
+    top = np.abs(z["maps"].astype(np.float32)).max()
+    for i, image in enumerate(images):
+        res = compiled({"image": image.transpose(2, 0, 1)[None].copy()})
+        amap, score, decision = (res[compiled.output(k)] for k in range(3))
+        want = float(z["scores"][i])
+        assert abs(float(score[0]) - want) <= 1e-4 * abs(want), (i, float(score[0]), want)
+        assert bool(decision[0]) == (float(score[0]) > card["threshold"]["image"]["threshold"])
+        assert np.abs(amap[0] - z["maps"][i].astype(np.float32)).max() <= 1e-3 * top
+
+
 def test_export_without_threshold_says_how(run, tmp_path):
     other = tmp_path / "nothr"
     shutil.copytree(run, other, ignore=shutil.ignore_patterns("models"))

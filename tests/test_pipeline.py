@@ -42,9 +42,21 @@ def clone(tmp_path_factory):
         else:
             shutil.copy(src, dst / f)
     set_params(dst, **{"synthetic.categories": ["disc", "weave"], "synthetic.n_train": 8,
-                       "synthetic.n_good_test": 4, "synthetic.n_defect_test": 3})
+                       "synthetic.n_good_test": 4, "synthetic.n_defect_test": 3,
+                       "latency.runs": 0})   # the stage runs, its timing loop is tests/test_deploy.py's
+
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny", "--allow-empty"], cwd=dst)
     return dst
+
+
+@pytest.fixture(autouse=True)
+def committed_params(request):
+    """`dvc exp run -S` leaves its params in the workspace: each test starts from the clone's
+    committed (tiny) params, so one test's experiment (the magnetic-tile anchor's 761 training
+    images) never becomes the next test's data."""
+    yield
+    if "clone" in request.fixturenames:
+        sh(["git", "checkout", "--", "params.yaml"], cwd=request.getfixturevalue("clone"))
 
 
 def test_repro_writes_metrics_and_second_repro_is_a_noop(clone):

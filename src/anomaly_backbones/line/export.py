@@ -11,7 +11,8 @@ The fit stage keeps no model (PaDiM's inverse covariances are hundreds of MB), s
 method on the same cached training features the fit stage used (the same seed and hold-out split:
 the same model), builds its deployable scorer (line.scorers; PaDiM's is deploy.PadimScorer) with the
 threshold from outputs/<method>/results.json, exports through deploy.export_onnx, and then checks the
-export against the pipeline: ONNX Runtime on every prepared test image must give the scores of
+export against the pipeline (and, with --format openvino|all, the OpenVINO conversion of that ONNX
+file on OpenVINO's CPU plugin, by the same rule, in the card as `check_vs_pipeline_openvino`): ONNX Runtime on every prepared test image must give the scores of
 outputs/<method>/<category>.npz within 1e-4 relative and the maps within 1e-3 of the largest map
 value (the maps are stored as float16 there). The differences go into the card; a larger one is a
 UserError and nothing is left in place.
@@ -69,9 +70,32 @@ def fit_for_export(root: Path, p: dict, method: str, category: str):
     return m, train.image_size
 
 
-def verify(path: Path, root: Path, method: str, category: str, limit: int | None = None) -> dict:
-    """ONNX Runtime vs outputs/<method>/<category>.npz on the prepared test images."""
+def onnx_runner(path: Path):
+    """x (1, 3, S, S) uint8 -> (map, score, decision) through ONNX Runtime, one thread."""
     from ..backbones.ort_extractor import ort_session
+
+    sess = ort_session(path, 1)
+    return lambda x: sess.run(None, {"image": x})
+
+
+def openvino_runner(xml: Path):
+    """x (1, 3, S, S) uint8 -> (map, score, decision) through OpenVINO's CPU plugin in float32
+    (`INFERENCE_PRECISION_HINT`: on CPUs with bf16 units the plugin's default may be bf16; a line
+    that wants that speed checks its own tolerance)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outs = [compiled.output(i) for i in range(3)]
+
+    def run(x):
+        res = compiled({"image": x})
+        return [res[o] for o in outs]
+    return run
+
+
+def verify(run, root: Path, method: str, category: str, limit: int | None = None) -> dict:
+    """An exported model (`run`: onnx_runner or openvino_runner) vs outputs/<method>/<category>.npz
+    on the prepared test images."""
     from ..data.prepare import load_prepared
 
     images = load_prepared(root / PREPARED / category, "test_images")
@@ -79,11 +103,10 @@ def verify(path: Path, root: Path, method: str, category: str, limit: int | None
     with np.load(root / OUTPUTS / method / f"{category}.npz") as z:
         want_s = z["scores"][:n].astype(np.float64)
         want_m = z["maps"][:n].astype(np.float32) if "maps" in z.files and method != "dn2" else None
-    sess = ort_session(path, 1)
     got_s, err_m = np.empty(n), 0.0
     for i in range(n):
         x = np.ascontiguousarray(images[i:i + 1].transpose(0, 3, 1, 2))
-        maps, score, _ = sess.run(None, {"image": x})
+        maps, score, _ = run(x)
         got_s[i] = float(score[0])
         if want_m is not None:
             err_m = max(err_m, float(np.abs(maps[0] - want_m[i]).max()))
@@ -140,15 +163,15 @@ def export_one(root: Path, p: dict, method: str, category: str, out: Path, forma
         with torch.inference_mode():
             path = export_onnx(model, tmp / "model.onnx", bb.name, size, ("map", "score", "decision"),
                                fix=f"`export` needs a backbone whose trunk exports; {bb.name} does not.")
-        check = verify(path, root, method, category, limit)
-        if not check["ok"]:
-            raise UserError(f"the exported {method} model for {category} disagrees with outputs/{method}/{category}.npz "
-                            f"(score rel. diff {check['max_score_rel_diff']:.3g}, map diff "
-                            f"{check.get('max_map_diff_rel_to_max', 0):.3g}); nothing written")
+        check = checked(verify(onnx_runner(path), root, method, category, limit), method, category, "ONNX Runtime")
         files = sorted(f.name for f in tmp.iterdir())
         if "openvino" in formats:
             files += export_openvino(path, tmp / "openvino")
+            ov_check = {**checked(verify(openvino_runner(tmp / "openvino" / "model.xml"), root, method, category,
+                                         limit), method, category, "OpenVINO"), "inference_precision_hint": "f32"}
         card = model_card(p, method, category, fitted, bb, size, cat, check, root, files)
+        if "openvino" in formats:
+            card["check_vs_pipeline_openvino"] = ov_check
         write_json(tmp / "model.json", card)
         if dest.exists():
             shutil.rmtree(dest)
@@ -158,13 +181,22 @@ def export_one(root: Path, p: dict, method: str, category: str, out: Path, forma
     return card
 
 
+def checked(check: dict, method: str, category: str, runtime: str) -> dict:
+    """`check` when within SCORE_RTOL / MAP_RTOL, else the UserError that stops the export."""
+    if not check["ok"]:
+        raise UserError(f"the exported {method} model for {category} disagrees on {runtime} with outputs/{method}/"
+                        f"{category}.npz (score rel. diff {check['max_score_rel_diff']:.3g}, map diff "
+                        f"{check.get('max_map_diff_rel_to_max', 0):.3g}); nothing written")
+    return check
+
+
 def export_openvino(onnx_path: Path, dest: Path) -> list[str]:
     try:
         import openvino as ov
     except ImportError:
         raise UserError("--format openvino needs the `openvino` package: pip install openvino") from None
     dest.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(dest / "model.xml"))
+    ov.save_model(ov.convert_model(str(onnx_path)), str(dest / "model.xml"), compress_to_fp16=False)  # fp16 weights: PaDiM scores off by 1e-3
     return [f"openvino/{f.name}" for f in sorted(dest.iterdir())]
 
 
@@ -207,8 +239,12 @@ def main_export(argv: list[str] | None = None) -> None:
             card = export_one(root, p, m, c, out, formats, a.check_images)
             t = card["threshold"]["image"]
             ck = card["check_vs_pipeline"]
+            ov = card.get("check_vs_pipeline_openvino")
             print(f"{m} {c}: {out / m / c / 'model.onnx'}; threshold {t['threshold']:.6g} (held-out false alarms "
                   f"{t['n_flagged']}/{t['n_held']}, 95 % CI [{t['fpr_lo']:.3f}, {t['fpr_hi']:.3f}], target "
                   f"{t['target_fpr']}); vs pipeline on {ck['images']} test images: score rel. diff "
                   f"{ck['max_score_rel_diff']:.2e}" + (f", map {ck['max_map_diff_rel_to_max']:.2e}"
-                                                       if "max_map_diff_rel_to_max" in ck else ""))
+                                                       if "max_map_diff_rel_to_max" in ck else "")
+                  + (f"; OpenVINO: score rel. diff {ov['max_score_rel_diff']:.2e}" + (
+                      f", map {ov['max_map_diff_rel_to_max']:.2e}" if "max_map_diff_rel_to_max" in ov else "")
+                     if ov else ""))

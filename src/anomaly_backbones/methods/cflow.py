@@ -30,6 +30,16 @@ max(sum) - sum. Image score = max of that map (anomalib's rule); the returned ma
 blurred with sigma 4 like every other method's (param `sigma`; the score is taken before
 the blur).
 
+Scale: the flow starts near the identity with a standard normal base, which fits features of
+the scale pretrained networks give (channel std of a few units; lite0's largest is about 20) but
+not a random-init network's (channel std up to 1e4): its log p / C spans thousands of nats, the
+training budget does not bring it in, and exp(log p - max) underflows to 0 at every position but
+one, so every image gets the same score (ROC-AUC 0.5, no error). `standardize: auto` (default)
+therefore standardizes a layer's fibers with its training channels' mean and std (float64
+accumulators over the training images, std floored at 1e-6) when its largest channel std exceeds
+STANDARDIZE_ABOVE; pretrained features never do, so they keep anomalib's behaviour bit for bit.
+`true` / `false` force it for every layer. The standardized layers are in `self.standardized`.
+
 Device: the flows are initialised on the CPU from the seed (so both devices start from the same
 weights) and moved to `self.device`; training batches, their conditions and the Adam steps run
 there; the random choices (image order, fibres) come from a CPU generator as before, their
@@ -55,6 +65,7 @@ from .memory import Shapes
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 EVAL_FIBERS = 65536  # fibers per forward pass at test time (no autograd)
+STANDARDIZE_ABOVE = 100.0  # `standardize: auto`: largest training channel std beyond pretrained scale
 
 
 def positional_encoding_2d(dim: int, height: int, width: int) -> torch.Tensor:
@@ -152,6 +163,7 @@ class CFlow(Method):
     """Per-layer conditional normalizing flows; anomaly = low likelihood."""
 
     name = "cflow"
+    RESOLVES_AUTO = ("standardize",)
     PARAMS = {
         "epochs": Param(4, int, low=1),
         "fibers_per_epoch": Param(131072, int, low=1),
@@ -162,14 +174,17 @@ class CFlow(Method):
         "clamp_alpha": Param(1.9, float, low=0, low_open=True),
         "batch_size": Param(32, int, low=1),
         "sigma": SIGMA,
+        "standardize": Param("auto", bool, special=("auto",)),   # decided per layer at fit (module docstring)
     }
 
     def configure(self, p: dict) -> None:
         self.epochs, self.lr, self.coupling_blocks = p["epochs"], p["lr"], p["coupling_blocks"]
         self.condition_vector, self.fiber_batch_size = p["condition_vector"], p["fiber_batch_size"]
         self.fibers_per_epoch, self.clamp = p["fibers_per_epoch"], p["clamp_alpha"]
-        self.batch_size, self.sigma = p["batch_size"], p["sigma"]
+        self.batch_size, self.sigma, self.standardize = p["batch_size"], p["sigma"], p["standardize"]
         self.flows: dict[str, ConditionalFlow] = {}
+        self.scaling: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (mean, std), (1, C, 1, 1)
+        self.standardized: list[str] = []
         self.losses: list[float] = []  # mean training loss per epoch (all layers)
 
     def _cond(self, h: int, w: int) -> torch.Tensor:
@@ -177,6 +192,37 @@ class CFlow(Method):
 
     def _check(self, estimate: float, fs, what: str, fix: str) -> None:
         self.guard(estimate, f"CFLOW {what} on {fs.dir} ({len(fs)} images, layers {fs.shapes(self.layers)})", fix)
+
+    def _channel_stats(self, train, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of each channel of `name` over every training fiber: float64 sums read
+        range by range (FeatureSet.groups), never the whole layer at once."""
+        c = train.shape(name)[0]
+        s, s2, count = np.zeros(c), np.zeros(c), 0
+        for sl in train.groups(name):
+            x = np.asarray(train.array(name)[sl], dtype=np.float64)
+            s += x.sum((0, 2, 3))
+            s2 += np.square(x).sum((0, 2, 3))
+            count += x.shape[0] * x.shape[2] * x.shape[3]
+        mean = s / count
+        return mean, np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
+
+    def _set_scaling(self, train) -> None:
+        """Choose the standardized layers (see the module docstring, "Scale")."""
+        self.scaling, self.standardized = {}, []
+        if self.standardize is False:
+            return
+        for name in self.layers:
+            mean, std = self._channel_stats(train, name)
+            if self.standardize is True or float(std.max()) > STANDARDIZE_ABOVE:
+                as_t = lambda v: to_device(torch.from_numpy(v.astype(np.float32)).view(1, -1, 1, 1), self.device)
+                self.scaling[name] = (as_t(mean), as_t(np.maximum(std, 1e-6)))
+                self.standardized.append(name)
+
+    def _scaled(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name not in self.scaling:
+            return x
+        mean, std = self.scaling[name]
+        return (x - mean) / std
 
     def fit(self, train) -> None:
         """Train one flow per layer on the cached training features (see module docstring)."""
@@ -186,6 +232,7 @@ class CFlow(Method):
         self._check(self.fit_bytes(train.shapes(self.layers), train.itemsize), train, "fit",
                     "lower `cflow.batch_size` (training images read at once) or `cflow.fiber_batch_size` (fibers "
                     "per Adam step); `fibers_per_epoch` changes the number of steps, not their memory.")
+        self._set_scaling(train)
         gen = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -211,7 +258,7 @@ class CFlow(Method):
                 for name in self.layers:
                     x = to_device(np.asarray(train.array(name)[idx], dtype=np.float32), self.device)
                     check_finite(x, "cflow training features")
-                    e = _fibers(x)
+                    e = _fibers(self._scaled(name, x))
                     pos = torch.arange(e.shape[0], device=self.device) % conds[name].shape[0]
                     take = max(1, int(round(frac[name] * e.shape[0])))
                     pick = to_device(torch.randperm(e.shape[0], generator=gen)[:take], self.device)
@@ -251,7 +298,7 @@ class CFlow(Method):
                 check_finite(x, "cflow test features")
                 b, _, h, w = x.shape
                 cond = self._cond(h, w).repeat(b, 1)
-                e = _fibers(x)
+                e = _fibers(self._scaled(name, x))
                 lp = out[name][sl].view(-1)
                 for s in range(0, e.shape[0], EVAL_FIBERS):
                     lp[s:s + EVAL_FIBERS] = self.flows[name].log_prob_per_dim(e[s:s + EVAL_FIBERS],
