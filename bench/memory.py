@@ -40,9 +40,9 @@ def recorded_guards(modules) -> list[float]:
 
     seen: list[float] = []
 
-    def check(estimate, what, fix):
+    def check(estimate, what, fix, *args, **kwargs):
         seen.append(estimate)
-        device.check_memory(estimate, what, fix)
+        device.check_memory(estimate, what, fix, *args, **kwargs)
 
     for m in modules:
         m.check_memory = check
@@ -114,15 +114,18 @@ def main():
         fill(cache, a.n_train, a.n_test, "float32", LITE0, "tf_efficientnet_lite0")
     print("| case | estimate GiB | peak RSS GiB | estimate / peak | fit s | predict ms/image |")
     print("|---|---|---|---|---|---|", flush=True)
+    failed = 0
     for case in a.cases:
         r = subprocess.run([sys.executable, __file__, "--run", case, "--n-train", str(a.n_train),
                             "--n-test", str(a.n_test), "--cache", a.cache], capture_output=True, text=True)
         if r.returncode:
-            print(f"| {case} | failed: {r.stderr.strip().splitlines()[-1]} |||||", flush=True)
+            print(f"| {case} | failed: {(r.stderr.strip().splitlines() or ['?'])[-1]} |||||", flush=True)
+            failed += 1
             continue
         o = json.loads(r.stdout.strip().splitlines()[-1])
         print(f"| {case} | {o['estimate'] / 2**30:.2f} | {o['peak'] / 2**30:.2f} | {o['estimate'] / o['peak']:.2f} "
               f"| {o['fit_s']:.1f} | {o['predict_ms']:.0f} |", flush=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,16 @@ def test_peak_rss_is_this_process_not_its_parent():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT / "src")}).stdout
     assert float(out) < 100
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_a_method_case(tmp_path):
+    """bench/memory.py makes docs/performance.md's estimate-vs-peak figures: a case runs in its own
+    process through the guard it wraps (a changed guard signature once failed every case while
+    the table still printed) and its estimate covers the measured peak."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "patchcore", "--n-train", "6",
+                        "--n-test", "4", "--cache", str(tmp_path / "cache")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = r.stdout.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "patchcore" and float(row[2]) > 0 and float(row[3]) > 0
+    assert float(row[4]) >= 1.0, r.stdout
