@@ -5,11 +5,19 @@ Runs in a scratch environment with anomalib (never the project's), as bench/peer
 Prints, for each case of `cases()`, anomalib 2.7's per-image AUPIMO of the anomalous images and their
 mean (_AUPIMO(num_thresholds, fpr_bounds), return_average=False / True), and the sha256 of
 anomalib's thresholds (torch.linspace, float32 bytes), which the test compares with the project's
-linspace_f32 on the same range. The test recomputes metrics.pimo on the same maps (the generator below is numpy only, shared by both).
+linspace_f32 on the same range. The test recomputes metrics.pimo on the same maps (the generator
+below is numpy only, shared by both).
+
+On a pipeline run's saved maps (float16 in outputs/<method>/<category>.npz), the mean AUPIMO per
+category at the defaults, from anomalib and then from the project (docs/performance.md):
+    /tmp/field_peer/venv/bin/python bench/peer_aupimo.py --run RUN_DIR
+    PYTHONPATH=src .venv/bin/python bench/peer_aupimo.py --run RUN_DIR --project
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -39,16 +47,46 @@ def cases():
     return out
 
 
-def main():
+def saved_maps(run: Path, method: str):
+    """(category, masks (N, H, W) bool, maps (N, H, W) float32) of a pipeline run's fit@<method>:
+    the float16 maps of outputs/<method>/<category>.npz and data/prepared/<category>/test_masks.npy."""
+    for f in sorted((run / "outputs" / method).glob("*.npz")):
+        maps = np.load(f)["maps"].astype(np.float32)
+        masks = np.load(run / "data" / "prepared" / f.stem / "test_masks.npy").astype(bool)
+        yield f.stem, masks, maps
+
+
+def anomalib_aupimo(masks, maps, k, bounds):
     import torch
     from anomalib.metrics.pimo.pimo import _AUPIMO   # the torchmetrics metric, without anomalib's batch fields
 
+    m = _AUPIMO(num_thresholds=k, fpr_bounds=bounds, return_average=False)
+    m.update(torch.from_numpy(maps), torch.from_numpy(masks).int())
+    return m.compute()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="a pipeline run's directory: its saved maps instead of the seeded cases")
+    ap.add_argument("--method", default="padim")
+    ap.add_argument("--project", action="store_true", help="the project's metrics.pimo instead of anomalib's")
+    args = ap.parse_args()
+    if args.run is not None:   # mean AUPIMO per category, default K and bounds
+        if args.project:
+            from anomaly_backbones.metrics import aupimo
+            score = lambda masks, maps: aupimo(masks, maps)  # noqa: E731
+        else:
+            score = lambda masks, maps: float(np.nanmean(  # noqa: E731
+                anomalib_aupimo(masks, maps, *DEFAULTS)[1].aupimos.numpy()))
+        for name, masks, maps in saved_maps(args.run, args.method):
+            who = "project" if args.project else "anomalib"
+            print(f"{args.method} {name}: {who} mean AUPIMO {score(masks, maps):.12f}")
+        return
     import anomalib
+    import torch
     print(f"anomalib {anomalib.__version__}, torch {torch.__version__}")
     for name, masks, maps, k, bounds in cases():
-        m = _AUPIMO(num_thresholds=k, fpr_bounds=bounds, return_average=False)
-        m.update(torch.from_numpy(maps), torch.from_numpy(masks).int())
-        pimo, result = m.compute()
+        pimo, result = anomalib_aupimo(masks, maps, k, bounds)
         digest = hashlib.sha256(pimo.thresholds.numpy().astype("<f4").tobytes()).hexdigest()[:16]
         per_image = result.aupimos.numpy()
         mean = float(per_image[~np.isnan(per_image)].mean())

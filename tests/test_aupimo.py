@@ -136,3 +136,38 @@ def test_float16_maps_are_read_image_by_image_as_float32():
     masks, maps, k, bounds = CASES["case2"]
     half = maps.astype(np.float16)
     assert aupimo(masks, half, k, bounds) == aupimo(masks, half.astype(np.float32), k, bounds)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_aggregate_writes_pixel_aupimo_only_when_the_fit_recorded_it(tmp_path, monkeypatch, on):
+    """metrics.aupimo off (the default): no results.json has the key, nor do metrics.json and
+    per_category.csv (the default run's metrics.json keeps its bytes: docs/performance.md); on:
+    every method's block has it (None for a method without maps) and the CSV a column."""
+    import csv
+    import json
+
+    from anomaly_backbones.files import write_json
+    from anomaly_backbones.params.groups import GROUPS
+    from anomaly_backbones.pipeline.aggregate import aggregate
+
+    assert GROUPS["metrics"]["aupimo"].default is False
+    monkeypatch.chdir(tmp_path)
+    write_json("data/features/stats.json", {"backbone": "resnet18", "init": "random:seed=1024", "layers": ["layer1"],
+                                            "dtype": "float32", "categories": {"a": {"cache_mb": 1.0}},
+                                            "peak_mb": 100.0})
+    base = {"image_auroc": 0.75, "roc": {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}, "fit_s": 1.0,
+            "predict_ms_per_image": 2.0, "backbone_ms_per_image": 3.0}
+    padim = {"a": {**base, "pixel_auroc": 0.9, **({"pixel_aupimo": 0.4} if on else {})},
+             "b": {**base, "pixel_auroc": 0.8, **({"pixel_aupimo": 0.6} if on else {})}}
+    ocsvm = {"a": {**base, "pixel_auroc": None, **({"pixel_aupimo": None} if on else {})}}
+    write_json("outputs/padim/results.json", {"method": "padim", "categories": padim, "peak_mb": 200.0})
+    write_json("outputs/ocsvm/results.json", {"method": "ocsvm", "categories": ocsvm, "peak_mb": 200.0})
+    aggregate({"methods": ["padim", "ocsvm"], "train_methods": [], "seed": 1024, "data": {"dataset": "synthetic"}})
+    m = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
+    with open(tmp_path / "metrics" / "per_category.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert ("pixel_aupimo" in m["padim"]) is on and ("pixel_aupimo" in m["ocsvm"]) is on
+    assert ("pixel_aupimo" in rows[0]) is on
+    if on:
+        assert m["padim"]["pixel_aupimo"] == 0.5 and m["ocsvm"]["pixel_aupimo"] is None
+        assert [r["pixel_aupimo"] for r in rows] == ["0.4", "0.6", ""]

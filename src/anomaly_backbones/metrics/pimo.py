@@ -21,8 +21,8 @@ undefined and these functions return None. anomalib warns (does not raise) when 
 missed by more than 1 % or the range has under 300 thresholds: so do these, silently.
 
 Memory: one normal or anomalous image at a time (its pixels sorted, float32, 4 bytes a pixel),
-the thresholds (4 bytes each) and int64 counts / float64 rates (8 bytes each, 2.4 MB for the
-default 300 000): O(H W + K) besides the inputs, against anomalib's (N, K, 2, 2) int64 curves
+the thresholds (4 bytes each) and a few int64 / float64 arrays of K (8 bytes each): O(H W + K)
+besides the inputs, about 8 MB at the default K (docs/performance.md), against anomalib's (N, K, 2, 2) int64 curves
 (9.6 MB an image at the default K). Time: one sort per image and one binary search per threshold.
 """
 from __future__ import annotations

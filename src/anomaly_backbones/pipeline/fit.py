@@ -7,7 +7,8 @@ features, score the test set.
 Writes outputs/<method>/<category>.npz (image scores, float16 anomaly maps where the method has
 them) and outputs/<method>/results.json (per category: image ROC-AUC with its DeLong interval, AP,
 F1-max; pixel ROC-AUC, AP, F1-max, AUPRO, and AUPIMO with `metrics.aupimo`; timings; the ROC
-curve; the stage's peak memory and the machine's load when it started; the device the method ran on, `device`, and its name).
+curve; the stage's peak memory and the machine's load when it started; the device the method ran
+on, `device`, and its name).
 With `threshold.holdout` > 0 the fit uses the training images less a seeded held-out share
 (holdout.fit_split), and each category's entry gets a `threshold` block: the decision threshold
 calibrated on the held-out scores (and maps) at `threshold.fpr`, with its test rates
