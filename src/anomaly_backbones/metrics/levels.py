@@ -18,6 +18,8 @@ IMAGE_KEYS = ("image_auroc", "image_auroc_lo", "image_auroc_hi", "image_ap", "im
 # per category, besides IMAGE_KEYS: the DeLong variance, from which the mean's interval is taken
 IMAGE_VAR_KEY = "image_auroc_var"
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro")
+# pixel metrics behind a param (metrics.aupimo): results and metrics.json have the key only when it is on
+OPTIONAL_PIXEL_KEYS = ("pixel_aupimo",)
 
 
 def image_metrics(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) -> dict:

@@ -67,6 +67,8 @@ GROUPS = {
         "pro_fpr_limit": Param(0.3, float, low=0.0, high=1.0, low_open=True,
                                help="AU-PRO integrated up to this false positive rate (MVTec AD: 0.3; MVTec AD 2 "
                                     "also reports 0.05)"),
+        "aupimo": Param(False, bool, help="also compute AUPIMO (anomalib's definition, FPR 1e-5..1e-4) as "
+                                          "`pixel_aupimo`: off by default, the metrics stay as they are"),
     },
     "latency": {
         "runs": Param(10, int, low=0, help="timed calls per setting; 0 skips the measurement"),

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import read_json, replacing, write_json
-from ..metrics import IMAGE_KEYS, IMAGE_VAR_KEY, PIXEL_KEYS, mean_interval
+from ..metrics import IMAGE_KEYS, IMAGE_VAR_KEY, OPTIONAL_PIXEL_KEYS, PIXEL_KEYS, mean_interval
 from ..metrics.threshold import threshold_means
 from ..resources import cpu_model, usable_cpus
 
@@ -40,10 +40,11 @@ def mean_of(cats: dict, key: str, digits: int | None = 6) -> float | None:
     return m if digits is None else round(m, digits)
 
 
-def summarize(cats: dict) -> dict:
-    """A method's metrics block: each metric's mean over categories; the image ROC-AUC's interval
-    is the mean's (DeLong variances of independent test sets added), not a mean of intervals."""
-    out = {k: mean_of(cats, k) for k in (*IMAGE_KEYS, *PIXEL_KEYS)}
+def summarize(cats: dict, optional: tuple[str, ...] = ()) -> dict:
+    """A method's metrics block: each metric's mean over categories, and of each `optional` key
+    (OPTIONAL_PIXEL_KEYS the run recorded); the image ROC-AUC's interval is the mean's (DeLong
+    variances of independent test sets added), not a mean of intervals."""
+    out = {k: mean_of(cats, k) for k in (*IMAGE_KEYS, *PIXEL_KEYS, *optional)}
     defined = [c for c in cats.values() if c.get("image_auroc") is not None]
     lo, hi = mean_interval([c["image_auroc"] for c in defined], [c.get(IMAGE_VAR_KEY) for c in defined])
     out["image_auroc_lo"] = None if lo is None else round(lo, 6)
@@ -68,6 +69,9 @@ def aggregate(p: dict) -> dict:
                        "cache_mb": round(sum(c["cache_mb"] for c in feats["categories"].values()), 1)}}
     stages = [feats] + [read_json(Path("outputs") / m / "results.json") for m in methods]
     loads = [x for x in (s.get("load_1m") for s in stages) if x is not None]
+    # keys behind a param (metrics.aupimo): in every method's block when any results.json has them
+    optional = tuple(k for k in OPTIONAL_PIXEL_KEYS
+                     if any(k in c for s in stages[1:] for c in s["categories"].values()))
     # the extract and fit/train stages' device (results of older runs: the CPU); one name unless they differ
     devices = list(dict.fromkeys(s.get("device", "cpu") for s in stages))
     names = list(dict.fromkeys(s.get("device_name") or (cpu_model() if s.get("device", "cpu") == "cpu" else "?")
@@ -83,7 +87,7 @@ def aggregate(p: dict) -> dict:
     for method in methods:
         res = read_json(Path("outputs") / method / "results.json")
         cats = res["categories"]
-        metrics[method] = summarize(cats)
+        metrics[method] = summarize(cats, optional)
         speed[method] = {
             "ms_per_image": round(mean_of(cats, "backbone_ms_per_image", None) + mean_of(cats, "predict_ms_per_image", None), 2),
             "fit_s": round(sum(c["fit_s"] for c in cats.values()), 2),
@@ -92,7 +96,8 @@ def aggregate(p: dict) -> dict:
         for name, c in cats.items():
             rows.append({"method": method, "category": name, "backbone": feats["backbone"], "init": feats["init"],
                          **{k: ("" if c.get(k) is None or math.isnan(c[k]) else round(c[k], 6)) for k in
-                            (*IMAGE_KEYS, *PIXEL_KEYS, "fit_s", "predict_ms_per_image", "backbone_ms_per_image")}})
+                            (*IMAGE_KEYS, *PIXEL_KEYS, *optional, "fit_s", "predict_ms_per_image",
+                             "backbone_ms_per_image")}})
             with replacing(roc_dir / f"{method}_{name}.csv") as f:   # image-level ROC; the other columns
                 w = csv.writer(f)                                      # title and label `dvc plots` (.dvc/plots/roc.json)
                 w.writerow(["fpr", "tpr", "method", "category", "backbone", "init"])

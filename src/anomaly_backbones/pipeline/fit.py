@@ -6,8 +6,9 @@ features, score the test set.
 
 Writes outputs/<method>/<category>.npz (image scores, float16 anomaly maps where the method has
 them) and outputs/<method>/results.json (per category: image ROC-AUC with its DeLong interval, AP,
-F1-max; pixel ROC-AUC, AP, F1-max, AUPRO; timings; the ROC curve; the stage's peak memory and the
-machine's load when it started; the device the method ran on, `device`, and its name).
+F1-max; pixel ROC-AUC, AP, F1-max, AUPRO, and AUPIMO with `metrics.aupimo`; timings; the ROC
+curve; the stage's peak memory and the machine's load when it started; the device the method ran
+on, `device`, and its name).
 With `threshold.holdout` > 0 the fit uses the training images less a seeded held-out share
 (holdout.fit_split), and each category's entry gets a `threshold` block: the decision threshold
 calibrated on the held-out scores (and maps) at `threshold.fpr`, with its test rates
@@ -30,7 +31,7 @@ from ..features import FeatureSet
 from ..files import read_json, replacing, write_json
 from ..holdout import fit_split
 from ..methods import get_method
-from ..metrics import PIXEL_KEYS, aupro, image_metrics, pixel_metrics, pixel_metrics_bytes, roc_auc, roc_curve
+from ..metrics import PIXEL_KEYS, aupimo, aupro, image_metrics, pixel_metrics, pixel_metrics_bytes, roc_auc, roc_curve
 from ..metrics.threshold import threshold_entry
 from ..resources import BASELINE_BYTES, load_1m, peak_rss_mb, usable_cpus
 from .config import resolve
@@ -119,6 +120,8 @@ def fit_category(method: str, p: dict, name: str, label: str, dev="cpu", prepare
                                                  dict.fromkeys(PIXEL_KEYS))}
     for other in (x for x in dataset.pro_fpr_limits if x != limit):   # MVTec AD 2 reports 0.3 and 0.05
         res[f"pixel_aupro@{other:g}"] = aupro(masks, s.maps, other) if s.maps is not None else None
+    if p["metrics"]["aupimo"]:   # off by default: results.json without the key
+        res["pixel_aupimo"] = aupimo(masks, s.maps) if s.maps is not None else None
     if dataset.views:   # Real-IAD: per view and per object
         res.update(view_scores([x["file"] for x in samples], labels, s.scores))
     res.update(fit_s=s.fit_s, predict_ms_per_image=1000.0 * s.predict_s / len(test),
