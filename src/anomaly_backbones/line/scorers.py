@@ -7,10 +7,16 @@ the same computation as its method's predict on the feature cache, in torch ops 
   DN2Scorer        trunk up to the pooled layers -> global average pools -> sum of squared
                    distances to the k nearest training vectors (float64, as methods.knn); no map:
                    the map output is the score broadcast over the image, flagged as such
+  SPADEScorer      trunk -> pooled deepest layer -> the K nearest training images (float64 top-K,
+                   K fixed at export) -> their maps gathered from the gallery (every training
+                   image's concatenated maps, a buffer) -> each position's kappa nearest gallery
+                   vectors, one gallery image at a time (as methods.spade) -> upsampling + blur
+  KernelScorer     OC-SVM and SVDD (line.kernel_scorers): pooled layers -> standardization ->
+                   RBF or linear kernel against the support vectors (float64); image-level, as DN2
   DeployModel      any of them + the calibrated threshold: (map, score, decision = score > t)
 
-build_scorer(method_name, backbone, fitted, image_size) picks one. SPADE (its gallery is every
-training feature map) and the training-based methods are not exported (export.py says why).
+build_scorer(method_name, backbone, fitted, image_size) picks one. NOT_EXPORTED says why the
+others are not exported.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from ..backbones import Backbone, normalize
 from ..backbones.ort_extractor import trunk
 from ..errors import UserError
 from ..methods.common import upsample_blur
+from ..methods.grid import upsample_concat
 
 
 class _Input(nn.Module):
@@ -96,6 +103,51 @@ class DN2Scorer(_Input):
         return score.reshape(1, 1, 1).expand(1, self.size, self.size), score
 
 
+class SPADEScorer(_Input):
+    """image (1, 3, S, S) -> (map (1, S, S), score (1,)). The gallery buffer holds every training
+    image's maps at the largest grid, (N, h*w, C) float32 (4 N h w C bytes, in the .data file);
+    the search is unrolled over the K chosen images, one (h*w, h*w) distance block each, so its
+    peak memory is that of methods.spade's tile, not of the whole gallery."""
+
+    def __init__(self, backbone: Backbone, spade, image_size: int):
+        super().__init__(backbone, list(spade.layers))
+        self.layers, self.deep = list(spade.layers), spade._deepest(spade.train)
+        self.size, self.sigma, self.kappa = int(image_size), float(spade.sigma), int(spade.kappa)
+        vec = spade.train_vec.double().cpu()
+        self.k = min(int(spade.k), vec.shape[0])
+        self.register_buffer("train_vec", vec)
+        self.register_buffer("train_sq", (vec * vec).sum(1))
+        gallery = torch.cat([spade._concat(f).cpu() for _, f in spade.train.batches(spade.layers, spade.batch_size)])
+        n, h, w, c = gallery.shape
+        self.grid = (h, w)
+        gallery = gallery.reshape(n, h * w, c)
+        self.register_buffer("gallery", gallery)
+        self.register_buffer("gallery_sq", (gallery * gallery).sum(2))          # (N, h*w)
+
+    def forward(self, image: torch.Tensor):
+        feats = self.features(image)
+        v = feats[self.deep].double().mean((2, 3))                               # (1, C), as spade._pooled
+        d2 = torch.addmm(self.train_sq.unsqueeze(0), v, self.train_vec.t(), beta=1.0, alpha=-2.0)
+        near_d2, near = torch.topk(d2, self.k, dim=1, largest=False, sorted=True)
+        score = (near_d2 + (v * v).sum(1, keepdim=True)).clamp_min(0.0).mean(1).float()
+        h, w = self.grid
+        q = upsample_concat([feats[name].permute(0, 2, 3, 1) for name in self.layers], (h, w)).reshape(h * w, -1)
+        best = None
+        for j in range(self.k):   # unrolled: K is fixed at export
+            i = near[0, j:j + 1]
+            g = self.gallery.index_select(0, i)[0]                                # (h*w, C)
+            d = torch.addmm(self.gallery_sq.index_select(0, i), q, g.t(), beta=1.0, alpha=-2.0)
+            if self.kappa == 1:
+                v1 = d.min(1, keepdim=True).values
+                best = v1 if best is None else torch.minimum(best, v1)
+            else:
+                cand = torch.topk(d, min(self.kappa, h * w), dim=1, largest=False, sorted=True).values
+                cand = cand if best is None else torch.cat([best, cand], 1)
+                best = torch.topk(cand, min(self.kappa, cand.shape[1]), dim=1, largest=False, sorted=True).values
+        dist = (best + (q * q).sum(1, keepdim=True)).clamp_min(0.0).sqrt().mean(1)
+        return upsample_blur(dist.reshape(1, h, w), self.size, self.sigma), score
+
+
 class DeployModel(nn.Module):
     """scorer + threshold -> (map, score, decision): decision = score > threshold (bool)."""
 
@@ -119,14 +171,20 @@ def build_scorer(method: str, backbone: Backbone, fitted, image_size: int) -> nn
         return PatchCoreScorer(backbone, fitted, image_size)
     if method == "dn2":
         return DN2Scorer(backbone, fitted, image_size)
+    if method == "spade":
+        return SPADEScorer(backbone, fitted, image_size)
+    if method in ("ocsvm", "svdd"):
+        from .kernel_scorers import KernelScorer
+
+        return KernelScorer.of(method, backbone, fitted, image_size)
     raise UserError(f"method {method!r} has no deployable export here: {NOT_EXPORTED.get(method, 'not a cache method')}")
 
 
 NOT_EXPORTED = {
-    "spade": "its pixel gallery is every training feature map of the k nearest training images, chosen per "
-             "test image (data-dependent gather over the whole training set); not done yet",
-    "cflow": "its normalizing flows export, but not done yet",
-    "ocsvm": "scikit-learn's OneClassSVM; not done yet (skl2onnx would be the route)",
-    "svdd": "a kernel model from a QP solution; not done yet",
+    "cflow": "its image score is not a function of one image: each layer's likelihoods are exp(log p - the "
+             "largest log p over the whole test set) and the map is (the largest summed likelihood over the "
+             "whole test set) - the image's own, so a score depends on which other images were tested with "
+             "it (methods.cflow.grid_scores); its flows themselves export (plain Linear, tanh, softplus)",
 }
-EXPORTABLE = ("padim", "patchcore", "dn2")
+EXPORTABLE = ("padim", "patchcore", "dn2", "spade", "ocsvm", "svdd")
+IMAGE_LEVEL = ("dn2", "ocsvm", "svdd")   # no anomaly map: the map output is the score everywhere
