@@ -1,6 +1,7 @@
 """End to end on a tiny pipeline run with a calibrated threshold: export each exportable method, then
-check the exported model's ONNX Runtime outputs against the pipeline's outputs/<method> (computed
-here from the files, not from export's own check), the model card, predict's CSV and its bad inputs."""
+check the exported model's ONNX Runtime (and, where the `openvino` package is installed, OpenVINO)
+outputs against the pipeline's outputs/<method> (computed here from the files, not from export's own
+check), the model card, predict's CSV and its bad inputs."""
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,8 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-METHODS = ["padim", "patchcore", "dn2"]
+METHODS = ["padim", "patchcore", "dn2", "spade", "ocsvm", "svdd"]
+IMAGE_LEVEL = ("dn2", "ocsvm", "svdd")   # no map: the map output is the score everywhere
 
 
 def sh(args, cwd, check=True):
@@ -48,10 +50,23 @@ def run(tmp_path_factory):
     return dst
 
 
+def openvino_or_none():
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino
+
+
 def test_export_reproduces_the_pipeline_on_onnx_runtime(run):
+    """Every exportable method, on ONNX Runtime and (with --format all, where installed) OpenVINO's
+    CPU plugin: the scores of outputs/<method> within 1e-4 relative, the maps within 1e-3 of the
+    largest map value (they are float16 there), the decision = score > the card's threshold."""
     import onnxruntime as ort
 
-    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--repo", str(run)], run)
+    ov = openvino_or_none()
+    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--repo", str(run)]
+           + (["--format", "all"] if ov else []), run)
     images = np.load(run / "data/prepared/disc/test_images.npy")
     assert r.stdout.count(f"vs pipeline on {len(images)} test images") == len(METHODS), r.stdout
     for m in METHODS:
@@ -63,14 +78,22 @@ def test_export_reproduces_the_pipeline_on_onnx_runtime(run):
         z = np.load(run / "outputs" / m / "disc.npz")
         sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
         assert [o.name for o in sess.get_outputs()] == ["map", "score", "decision"]
-        for i, image in enumerate(images):
-            amap, score, decision = sess.run(None, {"image": image.transpose(2, 0, 1)[None].copy()})
-            want = float(z["scores"][i])
-            assert abs(float(score[0]) - want) <= 1e-4 * abs(want), (m, i, float(score[0]), want)
-            assert bool(decision[0]) == (float(score[0]) > card["threshold"]["image"]["threshold"])
-            if m != "dn2":
-                wmap = z["maps"][i].astype(np.float32)
-                assert np.abs(amap[0] - wmap).max() <= 1e-3 * np.abs(z["maps"].astype(np.float32)).max()
+        runners = {"onnxruntime": lambda x: sess.run(None, {"image": x})}
+        if ov:
+            compiled = ov.Core().compile_model(str(folder / "openvino" / "model.xml"), "CPU",
+                                               {"INFERENCE_PRECISION_HINT": "f32"})
+            runners["openvino"] = lambda x, c=compiled: [c({"image": x})[c.output(k)] for k in range(3)]
+        for runtime, run_model in runners.items():
+            for i, image in enumerate(images):
+                amap, score, decision = run_model(image.transpose(2, 0, 1)[None].copy())
+                want = float(z["scores"][i])
+                assert abs(float(score[0]) - want) <= 1e-4 * abs(want), (m, runtime, i, float(score[0]), want)
+                assert bool(decision[0]) == (float(score[0]) > card["threshold"]["image"]["threshold"])
+                if m in IMAGE_LEVEL:
+                    assert "maps" not in z.files and np.all(amap[0] == score[0]), (m, runtime)
+                else:
+                    wmap = z["maps"][i].astype(np.float32)
+                    assert np.abs(amap[0] - wmap).max() <= 1e-3 * np.abs(z["maps"].astype(np.float32)).max()
 
 
 def test_openvino_export_reproduces_the_pipeline(run, tmp_path):
@@ -109,6 +132,11 @@ def test_export_without_threshold_says_how(run, tmp_path):
            check=False)
     assert r.returncode != 0 and "threshold.holdout=0.1" in r.stderr and "Traceback" not in r.stderr
     assert not (other / "models" / "padim" / "disc").exists()
+    # a method without a deployable model: one line saying why, before any work
+    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "cflow", "--repo", str(other)], other,
+           check=False)
+    assert r.returncode != 0 and "whole test set" in r.stderr and "Traceback" not in r.stderr
+    assert not (other / "models" / "cflow").exists()
 
 
 def test_predict_csv_overlays_and_bad_inputs(run, tmp_path):
