@@ -97,7 +97,7 @@ class DN2Scorer(_Input):
         feats = self.features(image)
         x = torch.cat([feats[name].float().mean((2, 3)) for name in self.layers], 1).double()
         # summed from differences, not expanded: OpenVINO's CPU plugin computes float64 graphs in float32,
-        # where |b|^2 - 2 x.b + |x|^2 cancels (DN2's OpenVINO scores: 9.0e-5 relative off before, 1.9e-5 now)
+        # where |b|^2 - 2 x.b + |x|^2 cancels (docs/performance.md, "Export: SPADE, OC-SVM, SVDD")
         d2 = ((self.bank - x) ** 2).sum(1).unsqueeze(0)
         score = torch.topk(d2, self.k, dim=1, largest=False).values.sum(1).float()
         return score.reshape(1, 1, 1).expand(1, self.size, self.size), score
@@ -183,8 +183,8 @@ NOT_EXPORTED = {
     "cflow": "its score is not a function of one image: each layer's likelihoods are exp(log p - the largest "
              "log p over the whole test set) and the map is (the largest summed likelihood over the whole test "
              "set) minus the image's own (methods.cflow.grid_scores), so an image's score depends on the images "
-             "tested with it. Its flows do export (8 coupling blocks: ONNX Runtime within 5e-7 of eager, "
-             "docs/performance.md), but a one-image model would need another normalization: another score",
+             "tested with it. Its flows do export (ONNX Runtime agrees with eager; docs/performance.md, "
+             "\"Export: SPADE, OC-SVM, SVDD\"), but a one-image model would need another normalization: another score",
 }
 EXPORTABLE = ("padim", "patchcore", "dn2", "spade", "ocsvm", "svdd")
 IMAGE_LEVEL = ("dn2", "ocsvm", "svdd")   # no anomaly map: the map output is the score everywhere
