@@ -11,8 +11,8 @@ the same computation as its method's predict on the feature cache, in torch ops 
                    K fixed at export) -> their maps gathered from the gallery (every training
                    image's concatenated maps, a buffer) -> each position's kappa nearest gallery
                    vectors, one gallery image at a time (as methods.spade) -> upsampling + blur
-  KernelScorer     OC-SVM and SVDD (line.kernel_scorers): pooled layers -> standardization ->
-                   RBF or linear kernel against the support vectors (float64); image-level, as DN2
+  KernelScorer     OC-SVM and SVDD: pooled layers -> standardization -> RBF or linear kernel
+                   against the support vectors (float64); image-level, as DN2
   DeployModel      any of them + the calibrated threshold: (map, score, decision = score > t)
 
 build_scorer(method_name, backbone, fitted, image_size) picks one. NOT_EXPORTED says why the
@@ -20,6 +20,7 @@ others are not exported.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +29,8 @@ from ..backbones import Backbone, normalize
 from ..backbones.ort_extractor import trunk
 from ..errors import UserError
 from ..methods.common import upsample_blur
-from ..methods.grid import upsample_concat
+from ..methods.grid import largest_grid, upsample_concat
+from ..resources import BASELINE_BYTES
 
 
 class _Input(nn.Module):
@@ -116,9 +118,14 @@ class SPADEScorer(_Input):
         vec = spade.train_vec.double().cpu()
         self.k = min(int(spade.k), vec.shape[0])
         self.register_buffer("train_vec", vec)
-        gallery = torch.cat([spade._concat(f).cpu() for _, f in spade.train.batches(spade.layers, spade.batch_size)])
-        n, h, w, c = gallery.shape
-        self.grid = (h, w)
+        shapes = spade.train.shapes(self.layers)
+        (h, w), c, n = largest_grid(shapes.values()), sum(s[0] for s in shapes.values()), vec.shape[0]
+        spade.guard(BASELINE_BYTES + 3 * 4.0 * n * h * w * c, f"SPADE export gallery ({n} training images x "
+                    f"{h} x {w} x {c} float32)", "the gallery is every training image's maps (the scorer's, the "
+                    "exporter's copy and ONNX Runtime's); export fewer layers or images")
+        self.grid, gallery = (h, w), torch.empty(n, h, w, c)
+        for sl, f in spade.train.batches(self.layers, spade.batch_size):
+            spade._concat(f, gallery[sl])                                       # written in place, as SPADE's
         gallery = gallery.reshape(n, h * w, c)
         self.register_buffer("gallery", gallery)
         self.register_buffer("gallery_sq", (gallery * gallery).sum(2))          # (N, h*w)
@@ -147,6 +154,60 @@ class SPADEScorer(_Input):
         return upsample_blur(dist.reshape(1, h, w), self.size, self.sigma), score
 
 
+class KernelScorer(_Input):
+    """OC-SVM and SVDD (methods.ocsvm, methods.svdd): image (1, 3, S, S) -> (map (1, S, S) = the
+    score everywhere, score (1,)). Both scores have one form over the support vectors sv_i
+    (standardized training vectors):
+
+        score(z) = bias + diag * k(z, z) + sum_i coef_i k(sv_i, z),   z = (pooled(x) - mean) / scale
+
+        OC-SVM  minus scikit-learn's decision function: bias = -intercept_ (= rho), diag = 0,
+                coef = -dual_coef_ (libsvm's alphas)
+        SVDD    ||phi(z) - c||^2: bias = a'Ka, diag = 1, coef = -2 a
+
+    k is the RBF kernel exp(-gamma ||z - sv||^2) (gamma as fitted: `scale` resolved on the training
+    vectors) or the linear one z.sv. The pooled vector is the mean of the layer's map in float64,
+    rounded to float32 as the feature cache stores it (features.PooledWriter), then float64 like the
+    methods' `vectors`; ||z - sv||^2 is summed from differences, not expanded (no cancellation)."""
+
+    def __init__(self, backbone: Backbone, layers: list[str], image_size: int, mean: np.ndarray,
+                 scale: np.ndarray, sv: np.ndarray, coef: np.ndarray, bias: float, diag: float, kind: str,
+                 gamma: float):
+        super().__init__(backbone, list(layers))
+        self.layers, self.size, self.kind = list(layers), int(image_size), kind
+        self.bias, self.diag, self.gamma = float(bias), float(diag), float(gamma)
+        f64 = dict(dtype=torch.float64)
+        self.register_buffer("mean", torch.as_tensor(mean, **f64).reshape(1, -1))
+        self.register_buffer("scale", torch.as_tensor(scale, **f64).reshape(1, -1))
+        self.register_buffer("sv", torch.as_tensor(sv, **f64))                   # (n_sv, D)
+        self.register_buffer("coef", torch.as_tensor(coef, **f64).reshape(-1, 1))
+
+    @classmethod
+    def of(cls, method: str, backbone: Backbone, fitted, image_size: int) -> "KernelScorer":
+        """The scorer of a fitted methods.ocsvm.OCSVM ("ocsvm") or methods.svdd.SVDD ("svdd")."""
+        sc = fitted.scaler
+        if method == "ocsvm":
+            svm = fitted.svm
+            return cls(backbone, fitted.layers, image_size, sc.mean_, sc.scale_, svm.support_vectors_,
+                       -svm.dual_coef_[0], -float(svm.intercept_[0]), 0.0, fitted.kernel,
+                       float(svm._gamma))   # the fitted gamma (`scale` resolved)
+        return cls(backbone, fitted.layers, image_size, sc.mean_, sc.scale_, fitted.sv, -2.0 * fitted.a,
+                   float(fitted.aka), 1.0, fitted.kernel, float(fitted.gamma))
+
+    def forward(self, image: torch.Tensor):
+        feats = self.features(image)
+        x = torch.cat([feats[name].double().mean((2, 3)).float() for name in self.layers], 1).double()
+        z = (x - self.mean) / self.scale                                           # (1, D)
+        if self.kind == "rbf":
+            kz = torch.exp(-self.gamma * ((self.sv - z) ** 2).sum(1, keepdim=True))  # (n_sv, 1)
+            kzz = torch.ones_like(z[:, :1])
+        else:
+            kz = self.sv @ z.t()
+            kzz = (z * z).sum(1, keepdim=True)
+        score = (self.bias + self.diag * kzz + (self.coef * kz).sum(0, keepdim=True)).reshape(1).float()
+        return score.reshape(1, 1, 1).expand(1, self.size, self.size), score
+
+
 class DeployModel(nn.Module):
     """scorer + threshold -> (map, score, decision): decision = score > threshold (bool)."""
 
@@ -173,8 +234,6 @@ def build_scorer(method: str, backbone: Backbone, fitted, image_size: int) -> nn
     if method == "spade":
         return SPADEScorer(backbone, fitted, image_size)
     if method in ("ocsvm", "svdd"):
-        from .kernel_scorers import KernelScorer
-
         return KernelScorer.of(method, backbone, fitted, image_size)
     raise UserError(f"method {method!r} has no deployable export here: {NOT_EXPORTED.get(method, 'not a cache method')}")
 
