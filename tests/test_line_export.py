@@ -1,6 +1,7 @@
 """End to end on a tiny pipeline run with a calibrated threshold: export each exportable method, then
-check the exported model's ONNX Runtime outputs against the pipeline's outputs/<method> (computed
-here from the files, not from export's own check), the model card, predict's CSV and its bad inputs."""
+check the exported model's ONNX Runtime (and, where the `openvino` package is installed, OpenVINO)
+outputs against the pipeline's outputs/<method> (computed here from the files, not from export's own
+check), the model card, predict's CSV and its bad inputs."""
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,8 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-METHODS = ["padim", "patchcore", "dn2"]
+METHODS = ["padim", "patchcore", "dn2", "spade", "ocsvm", "svdd"]
+IMAGE_LEVEL = ("dn2", "ocsvm", "svdd")   # no map: the map output is the score everywhere
 
 
 def sh(args, cwd, check=True):
@@ -48,10 +50,23 @@ def run(tmp_path_factory):
     return dst
 
 
+def openvino_or_none():
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino
+
+
 def test_export_reproduces_the_pipeline_on_onnx_runtime(run):
+    """Every exportable method, on ONNX Runtime and (with --format all, where installed) OpenVINO's
+    CPU plugin: the scores of outputs/<method> within 1e-4 relative, the maps within 1e-3 of the
+    largest map value (they are float16 there), the decision = score > the card's threshold."""
     import onnxruntime as ort
 
-    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--repo", str(run)], run)
+    ov = openvino_or_none()
+    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--repo", str(run)]
+           + (["--format", "all"] if ov else []), run)
     images = np.load(run / "data/prepared/disc/test_images.npy")
     assert r.stdout.count(f"vs pipeline on {len(images)} test images") == len(METHODS), r.stdout
     for m in METHODS:
@@ -60,43 +75,26 @@ def test_export_reproduces_the_pipeline_on_onnx_runtime(run):
         res = json.loads((run / "outputs" / m / "results.json").read_text())["categories"]["disc"]
         assert card["threshold"] == res["threshold"] and card["threshold"]["image"]["n_held"] == 3
         assert card["backbone"] == "tf_efficientnet_lite0" and card["method"] == m and card["card_version"] == 1
+        assert card["check_vs_pipeline"]["ok"] and (not ov or card["check_vs_pipeline_openvino"]["ok"])
         z = np.load(run / "outputs" / m / "disc.npz")
         sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
         assert [o.name for o in sess.get_outputs()] == ["map", "score", "decision"]
-        for i, image in enumerate(images):
-            amap, score, decision = sess.run(None, {"image": image.transpose(2, 0, 1)[None].copy()})
-            want = float(z["scores"][i])
-            assert abs(float(score[0]) - want) <= 1e-4 * abs(want), (m, i, float(score[0]), want)
-            assert bool(decision[0]) == (float(score[0]) > card["threshold"]["image"]["threshold"])
-            if m != "dn2":
-                wmap = z["maps"][i].astype(np.float32)
-                assert np.abs(amap[0] - wmap).max() <= 1e-3 * np.abs(z["maps"].astype(np.float32)).max()
-
-
-def test_openvino_export_reproduces_the_pipeline(run, tmp_path):
-    """--format all: the OpenVINO IR beside the ONNX file, float32 weights (OpenVINO's default fp16
-    compression moved PaDiM's scores by 1.3e-3 relative), run here on OpenVINO's CPU plugin against
-    outputs/padim (not export's own check), and export's check in the card."""
-    ov = pytest.importorskip("openvino")
-    out = tmp_path / "models"
-    sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "padim", "--format", "all",
-        "--out", str(out), "--repo", str(run)], run)
-    folder = out / "padim" / "disc"
-    card = json.loads((folder / "model.json").read_text())
-    assert {"model.onnx", "openvino/model.xml", "openvino/model.bin"} <= set(card["files"])
-    assert card["check_vs_pipeline_openvino"]["ok"] and card["check_vs_pipeline_openvino"]["images"] == 12
-    compiled = ov.Core().compile_model(str(folder / "openvino" / "model.xml"), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": "f32"})
-    images = np.load(run / "data/prepared/disc/test_images.npy")
-    z = np.load(run / "outputs" / "padim" / "disc.npz")
-    top = np.abs(z["maps"].astype(np.float32)).max()
-    for i, image in enumerate(images):
-        res = compiled({"image": image.transpose(2, 0, 1)[None].copy()})
-        amap, score, decision = (res[compiled.output(k)] for k in range(3))
-        want = float(z["scores"][i])
-        assert abs(float(score[0]) - want) <= 1e-4 * abs(want), (i, float(score[0]), want)
-        assert bool(decision[0]) == (float(score[0]) > card["threshold"]["image"]["threshold"])
-        assert np.abs(amap[0] - z["maps"][i].astype(np.float32)).max() <= 1e-3 * top
+        runners = {"onnxruntime": lambda x: sess.run(None, {"image": x})}
+        if ov:
+            compiled = ov.Core().compile_model(str(folder / "openvino" / "model.xml"), "CPU",
+                                               {"INFERENCE_PRECISION_HINT": "f32"})
+            runners["openvino"] = lambda x, c=compiled: [c({"image": x})[c.output(k)] for k in range(3)]
+        for runtime, run_model in runners.items():
+            for i, image in enumerate(images):
+                amap, score, decision = run_model(image.transpose(2, 0, 1)[None].copy())
+                want = float(z["scores"][i])
+                assert abs(float(score[0]) - want) <= 1e-4 * abs(want), (m, runtime, i, float(score[0]), want)
+                assert bool(decision[0]) == (float(score[0]) > card["threshold"]["image"]["threshold"])
+                if m in IMAGE_LEVEL:
+                    assert "maps" not in z.files and np.all(amap[0] == score[0]), (m, runtime)
+                else:
+                    wmap = z["maps"][i].astype(np.float32)
+                    assert np.abs(amap[0] - wmap).max() <= 1e-3 * np.abs(z["maps"].astype(np.float32)).max()
 
 
 def test_export_without_threshold_says_how(run, tmp_path):
@@ -109,6 +107,11 @@ def test_export_without_threshold_says_how(run, tmp_path):
            check=False)
     assert r.returncode != 0 and "threshold.holdout=0.1" in r.stderr and "Traceback" not in r.stderr
     assert not (other / "models" / "padim" / "disc").exists()
+    # a method without a deployable model: one line saying why, before any work
+    r = sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "cflow", "--repo", str(other)], other,
+           check=False)
+    assert r.returncode != 0 and "whole test set" in r.stderr and "Traceback" not in r.stderr
+    assert not (other / "models" / "cflow").exists()
 
 
 def test_predict_csv_overlays_and_bad_inputs(run, tmp_path):
@@ -150,3 +153,37 @@ def test_predict_csv_overlays_and_bad_inputs(run, tmp_path):
            run, check=False)
     assert r.returncode != 0 and "another version" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o2" / "predictions.csv").exists()
+
+
+def test_exported_models_are_the_registrys_artifact(run, tmp_path):
+    """dvc.yaml's `line-model` artifact, the flow docs/reporting.md gives: the exported models/ under
+    `dvc add`, pushed to a (local) remote, a version tag; `dvc artifacts get` brings back the same
+    bytes, and answers without the tag that it cannot find the artifact."""
+    import yaml
+
+    exported = run / "models"
+    if not exported.exists():
+        sh([sys.executable, "-m", "anomaly_backbones", "export", "--method", "padim", "--repo", str(run)], run)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    sh(["git", "init", "-q"], repo)
+    sh(["dvc", "init", "-q"], repo)
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"artifacts": declared}))
+    shutil.copytree(exported, repo / declared["line-model"]["path"])
+    sh(["dvc", "remote", "add", "-d", "store", str(tmp_path / "store")], repo)
+    sh(["dvc", "add", "models"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh([*git, "commit", "-qm", "line model"], repo)
+    sh(["dvc", "push"], repo)
+    untagged = sh(["dvc", "artifacts", "get", str(repo), "line-model", "-o", str(tmp_path / "none")], tmp_path,
+                  check=False)
+    assert untagged.returncode != 0 and "Unable to find artifact 'line-model'" in untagged.stderr
+    sh([*git, "tag", "-a", "line-model@v1.0.0", "-m", "line-model v1.0.0"], repo)
+    sh(["dvc", "artifacts", "get", str(repo), "line-model", "-o", str(tmp_path / "got")], tmp_path)
+    files = sorted(p.relative_to(exported) for p in exported.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(tmp_path / "got") for p in (tmp_path / "got").rglob("*")
+                                     if p.is_file())
+    for f in files:
+        assert (tmp_path / "got" / f).read_bytes() == (exported / f).read_bytes(), f

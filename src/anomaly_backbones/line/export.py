@@ -97,12 +97,13 @@ def verify(run, root: Path, method: str, category: str, limit: int | None = None
     """An exported model (`run`: onnx_runner or openvino_runner) vs outputs/<method>/<category>.npz
     on the prepared test images."""
     from ..data.prepare import load_prepared
+    from .scorers import IMAGE_LEVEL
 
     images = load_prepared(root / PREPARED / category, "test_images")
     n = len(images) if limit is None else min(limit, len(images))
     with np.load(root / OUTPUTS / method / f"{category}.npz") as z:
         want_s = z["scores"][:n].astype(np.float64)
-        want_m = z["maps"][:n].astype(np.float32) if "maps" in z.files and method != "dn2" else None
+        want_m = z["maps"][:n].astype(np.float32) if "maps" in z.files and method not in IMAGE_LEVEL else None
     got_s, err_m = np.empty(n), 0.0
     for i in range(n):
         x = np.ascontiguousarray(images[i:i + 1].transpose(0, 3, 1, 2))
@@ -126,6 +127,8 @@ def git_commit(root: Path) -> str | None:
 
 def model_card(p: dict, method: str, category: str, fitted, bb, size: int, cat: dict, check: dict, root: Path,
                files: list[str]) -> dict:
+    from .scorers import IMAGE_LEVEL
+
     meta = read_json(root / FEATURES / category / "meta.json")
     metrics = {k: cat.get(k) for k in ("image_auroc", "image_auroc_lo", "image_auroc_hi", "image_ap", "image_f1max",
                                        "pixel_auroc", "pixel_aupro", "pixel_f1max")}
@@ -136,7 +139,7 @@ def model_card(p: dict, method: str, category: str, fitted, bb, size: int, cat: 
                                                                    "input": "uint8 RGB (1, 3, crop, crop)",
                                                                    "normalization": "inside the model"},
             "outputs": {"map": "(1, crop, crop) float32 anomaly map" + (" (the score everywhere: image-level method)"
-                                                                        if method == "dn2" else ""),
+                                                                        if method in IMAGE_LEVEL else ""),
                         "score": "(1,) float32", "decision": "(1,) bool: score > threshold"},
             "threshold": cat["threshold"], "metrics": metrics, "metrics_note": "F1-max is an oracle (its threshold "
             "is chosen on the test labels); the threshold block's `test` rates are those of the calibrated threshold",
