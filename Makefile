@@ -26,8 +26,9 @@ setup-extras: $(VENV)/.extras
 repro: setup
 	$(RUN) dvc repro
 
+# two workers, a file's tests together on one (module fixtures built once); the 30 slowest listed
 test: setup setup-extras
-	$(RUN) $(PY) -m pytest -q --durations=30 tests
+	$(RUN) $(PY) -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 # Download MVTec AD (needs internet; checksum-checked) into data/mvtec, then: dvc exp run -S data.dataset=mvtec -S data.root=data/mvtec
 # (VisA, BTAD: python -m anomaly_backbones download visa|btad data/<name>; docs/datasets.md)
