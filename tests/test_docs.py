@@ -41,3 +41,11 @@ def test_params_yaml_comment_on_methods_lists_every_cache_method():
         key = "methods" if get_method(name).reads == "features" else "train_methods"
         assert re.search(rf"\b{name}\b", comment[key]), (key, name, comment[key])
     assert yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]   # the file still parses
+
+
+def test_no_merge_conflict_markers():
+    """A merge whose conflicts were committed unresolved (it happened to README and
+    docs/performance.md once) leaves these lines; nothing in the project begins with them."""
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+    found = [str(f.relative_to(ROOT)) for f in project_files() if marker.search(f.read_text(errors="replace"))]
+    assert not found, found
