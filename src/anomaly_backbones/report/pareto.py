@@ -3,10 +3,12 @@
 pareto_front(cost, quality) -> [bool]: the non-dominated points (lower cost, higher quality).
 pareto_rows(rows)           -> [dict]: pareto.csv, the front computed within each (dataset, device): a GPU
                                timing and a CPU timing are never on one axis.
-plot_pareto(prow, path, title): one PNG per (dataset, device). Colour = backbone family; marker shape =
-    method (image-level methods, which have no anomaly map, take their own shapes, hollow with a dashed
-    edge); hollow = random init; vertical bars = the 95 % DeLong interval of image ROC-AUC; a red dashed
-    ring = timed under load (runs.under_load).
+plot_pareto(prow, path, title): one figure per (dataset, device), PNG and SVG, one panel per init kind
+    (init_group: rows) and method (columns), shared axes; each panel labels its own front only, and every
+    point of the SVG has a hover <title> (point_title). Colour = backbone family; marker shape = method
+    (image-level methods, which have no anomaly map, take their own shapes, hollow with a dashed edge);
+    hollow = random init; vertical bars = the 95 % DeLong interval of image ROC-AUC; a red dashed ring =
+    timed under load (runs.under_load).
 """
 from __future__ import annotations
 
