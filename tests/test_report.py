@@ -264,7 +264,11 @@ def test_index_html_is_one_offline_file(repo, monkeypatch):
     out = build_report(root, "reports", n_overlays=0)
     page = (out / "index.html").read_text()
     assert remote_references(page) == []
-    assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)   # the Pareto plot inline
+    # the Pareto plot inline as SVG (its points' <title> tooltips work only inline), its PNG for README.md
+    assert '<svg role="img" aria-label="Pareto front on synthetic, CPU timings"' in page and "<img" not in page
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert svg.count("<title>") == 2 and "<title>tf_efficientnet_lite0 · " in svg and " · ocsvm\nimage ROC-AUC" in svg
+    assert (out / "pareto_synthetic.svg").exists()
     # the family tables are inline in the page (not links to Markdown files), sortable by an inline script
     tables = page.split("<h2>Tables per backbone family</h2>")[1].split("<h2>")[0]
     assert "<h3>efficientnet_lite</h3>" in tables and "<table>" in tables and "tf_efficientnet_lite0" in tables

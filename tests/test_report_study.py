@@ -115,7 +115,8 @@ def test_report_compares_the_baseline_with_the_experiment(study):
     latency = {x["source"] for x in csv.DictReader(open(out / "latency.csv"))}
     assert {"HEAD", "resnet18-random"} <= latency
     page = (out / "index.html").read_text()
-    assert remote_references(page) == [] and page.count('src="data:image/png;base64,') == 2
+    assert remote_references(page) == [] and page.count('src="data:image/png;base64,') == 1   # the overlay
+    assert page.count('<svg role="img"') == 1 and page.count("<title>") == 4   # Pareto: inline SVG, 3 points
     shown = sh(CLI + ["show", "--width", "120"], cwd=a).stdout.splitlines()
     assert max(map(len, shown)) <= 120
     assert any(line.startswith("HEAD*") and "tf_efficientnet_lite0" in line for line in shown)

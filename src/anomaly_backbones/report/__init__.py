@@ -16,7 +16,9 @@ Writes into --out (default reports/):
   runs.csv                         one row per run x method (long format: every metric, host, parameters)
   tables/<family>.md|.csv          per backbone family and dataset: rows = backbone and init
   per_category.md|.csv             appendix: every metric per category, where the run's file is readable
-  pareto.csv, pareto_<dataset>.png image ROC-AUC vs ms/image with the Pareto front (a file per device)
+  pareto.csv, pareto_<dataset>.png image ROC-AUC vs ms/image with the Pareto front (a file per device), one
+    panel per init kind x method, each panel's front labelled
+  pareto_<dataset>.svg             the same figure; every point has a hover <title> (inlined in index.html)
   latency.csv                      batch-1 deployment latency per run (metrics/latency.json)
   overlays/<method>_<category>.png image | ground truth | heat map, a few test images per category
 

@@ -20,7 +20,7 @@ def _clear(out: Path) -> None:
     """Regenerate: no table or figure of an earlier report survives."""
     for p in ("tables", "overlays"):
         shutil.rmtree(out / p, ignore_errors=True)
-    for f in out.glob("*.png"):
+    for f in [*out.glob("*.png"), *out.glob("*.svg")]:
         f.unlink()
 
 
@@ -101,11 +101,14 @@ def build_report(root: str | Path = ".", out: str | Path = "reports", n_overlays
     lines += ["## Pareto: quality vs latency", ""]
     for ds, where, p in pngs:
         lines += [f"![Pareto front on {ds}, {where} timings]({p.name})", ""]
-    lines += ["One plot per dataset and device (GPU and CPU timings are never on one axis). Data: "
-              "[pareto.csv](pareto.csv) (`pareto_front` marks the non-dominated points: no other run is both "
-              "faster and better). Bars = 95 % DeLong interval of image ROC-AUC; hollow = random init; hollow with "
-              "a dashed edge = image-level method (no anomaly map); red dashed ring = timed under load (1-minute "
-              f"load average > {LOAD_FRACTION:g} x CPUs).", ""]
+    lines += ["One plot per dataset and device (GPU and CPU timings are never on one axis), one panel per init "
+              "kind (rows) and method (columns), shared axes. Data: [pareto.csv](pareto.csv) (`pareto_front` marks "
+              "the non-dominated points of the dataset and device: no other run is both faster and better; the "
+              "dashed grey staircase in every panel). Each panel labels only its own front (solid staircase; bold = "
+              "on the overall front too); every point shows its figures on hover in index.html or in "
+              "`pareto_<dataset>.svg`. Bars = 95 % DeLong interval of image ROC-AUC; hollow = random init; hollow "
+              "with a dashed edge = image-level method (no anomaly map); red dashed ring = timed under load "
+              f"(1-minute load average > {LOAD_FRACTION:g} x CPUs).", ""]
     lines += latency_section(out, g.runs, order)
     lines += ["## Appendix", "",
               f"- [Per-category metrics](per_category.md) · [CSV](per_category.csv): "

@@ -1,8 +1,10 @@
 """reports/index.html: the whole report as one self-contained page.
 
 write_index_html(out, pages) renders the report's Markdown pages (the index, the family tables, the
-appendix) one after the other, with every image the pages show (Pareto plots, overlays) inlined as a
-`data:` URI and links between the pages turned into links within the page. One short inline script
+appendix) one after the other, with every image the pages show (overlays) inlined as a `data:` URI,
+except a PNG with an SVG twin beside it (the Pareto plots: report.pareto.plot_pareto), which is
+replaced by the SVG itself, inline, because a browser shows an SVG's <title> tooltips only there (not
+in an <img>); links between the pages become links within the page. One short inline script
 (SORT_SCRIPT: a click on a table's header sorts its rows by that column, numbers as numbers); no
 script, style sheet or font from elsewhere: the page opens offline, and can be mailed or attached as
 one file. Links to the CSV
@@ -21,7 +23,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; 
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
 th { background: #f3f3f3; } td[style*="right"] { font-variant-numeric: tabular-nums; }
-img { max-width: 100%; } section { border-top: 2px solid #ddd; margin-top: 2em; }
+img, svg { max-width: 100%; height: auto; } section { border-top: 2px solid #ddd; margin-top: 2em; }
 code { background: #f6f6f6; padding: 0 0.2em; }
 """
 
@@ -51,7 +53,7 @@ def anchor(name: str) -> str:
 def _inline(html_text: str, base: Path) -> str:
     def src(m):
         path = (base / html.unescape(m.group(1))).resolve()
-        if not path.is_file():
+        if not path.is_file() or (path.suffix == ".png" and path.with_suffix(".svg").is_file()):
             return m.group(0)
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return f'src="data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"'
@@ -59,8 +61,16 @@ def _inline(html_text: str, base: Path) -> str:
     def href(m):
         return f'href="#{anchor(html.unescape(m.group(1)))}"'
 
+    def svg(m):
+        path = (base / html.unescape(m.group(1))).resolve().with_suffix(".svg")
+        if not path.is_file():
+            return m.group(0)
+        text = path.read_text(encoding="utf-8")
+        return text[text.index("<svg"):].replace("<svg", f'<svg role="img" aria-label="{m.group(2)}"', 1).strip()
+
     html_text = re.sub(r'src="([^":]+)"', src, html_text)
-    return re.sub(r'href="([^":#]+\.md)"', href, html_text)
+    html_text = re.sub(r'href="([^":#]+\.md)"', href, html_text)
+    return re.sub(r'<img src="([^":]+\.png)" alt="([^"]*)"\s*/?>', svg, html_text)   # last: no rewriting inside
 
 
 def write_index_html(out: Path, pages: list[tuple[str, str]], title: str = "Backbone study report") -> Path:
