@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from peer_aupro import seeded_masks   # the same mask generator (bench/ is on the path as the script's folder)
+
 DEFAULTS = (300_000, (1e-5, 1e-4))   # anomalib's AUPIMO defaults
 
 
@@ -32,14 +34,7 @@ def cases():
     for seed, (n, side, k, bounds) in enumerate([(10, 160, *DEFAULTS), (12, 144, *DEFAULTS),
                                                   (8, 64, 5_000, (1e-3, 1e-2))]):
         rng = np.random.default_rng(2000 + seed)
-        masks = np.zeros((n, side, side), bool)
-        for i in range(n):
-            if i % 2 == 1:
-                continue   # defect-free image
-            for _ in range(1 + i % 3):
-                y, x = rng.integers(0, side - 12, 2)
-                h, w = rng.integers(2, 12, 2)
-                masks[i, y:y + h, x:x + w] = True
+        masks = seeded_masks(rng, n, side, lambda i: i % 2 == 1, 12, 11)   # odd images defect-free
         maps = rng.normal(size=masks.shape) + (3.0 + 2.0 * rng.random((n, 1, 1))) * masks
         if seed == 1:
             maps = np.round(maps * 32) / 32   # ties: many pixels on one score

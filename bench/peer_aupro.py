@@ -11,20 +11,28 @@ from __future__ import annotations
 import numpy as np
 
 
+def seeded_masks(rng, n: int, side: int, defect_free, margin: int, largest: int) -> np.ndarray:
+    """(n, side, side) bool: image i is defect-free where defect_free(i), else it has 1 + i % 3
+    rectangles of 2 to `largest` pixels a side at corners in [0, side - margin), drawn from rng
+    (the golden values depend on this order)."""
+    masks = np.zeros((n, side, side), bool)
+    for i in range(n):
+        if defect_free(i):
+            continue
+        for _ in range(1 + i % 3):
+            y, x = rng.integers(0, side - margin, 2)
+            h, w = rng.integers(2, largest + 1, 2)
+            masks[i, y:y + h, x:x + w] = True
+    return masks
+
+
 def cases():
     """(name, masks (N, H, W) bool, maps (N, H, W) float32): seeded maps where defects score higher
     on average, several regions per image of different sizes, defect-free images, ties."""
     out = []
     for seed, (n, side) in enumerate([(6, 24), (8, 32), (5, 40)]):
         rng = np.random.default_rng(1000 + seed)
-        masks = np.zeros((n, side, side), bool)
-        for i in range(n):
-            if i % 3 == 2:
-                continue   # defect-free image
-            for _ in range(1 + i % 3):
-                y, x = rng.integers(0, side - 6, 2)
-                h, w = rng.integers(2, 7, 2)
-                masks[i, y:y + h, x:x + w] = True
+        masks = seeded_masks(rng, n, side, lambda i: i % 3 == 2, 6, 6)
         maps = rng.normal(size=masks.shape).astype(np.float32) + 1.5 * masks
         if seed == 1:
             maps = np.round(maps * 4) / 4   # ties across classes
