@@ -28,6 +28,7 @@ from torch import nn
 from ..backbones import Backbone, normalize
 from ..backbones.ort_extractor import trunk
 from ..errors import UserError
+from ..methods import get_method
 from ..methods.common import upsample_blur
 from ..methods.grid import largest_grid, upsample_concat
 from ..resources import BASELINE_BYTES
@@ -246,4 +247,5 @@ NOT_EXPORTED = {
              "\"Export: SPADE, OC-SVM, SVDD\"), but a one-image model would need another normalization: another score",
 }
 EXPORTABLE = ("padim", "patchcore", "dn2", "spade", "ocsvm", "svdd")
-IMAGE_LEVEL = ("dn2", "ocsvm", "svdd")   # no anomaly map: the map output is the score everywhere
+# no anomaly map (the method class's `level`): the map output is the score everywhere
+IMAGE_LEVEL = tuple(m for m in EXPORTABLE if get_method(m).level == "image")

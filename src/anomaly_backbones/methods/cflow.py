@@ -184,7 +184,6 @@ class CFlow(Method):
         self.batch_size, self.sigma, self.standardize = p["batch_size"], p["sigma"], p["standardize"]
         self.flows: dict[str, ConditionalFlow] = {}
         self.scaling: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (mean, std), (1, C, 1, 1)
-        self.standardized: list[str] = []
         self.losses: list[float] = []  # mean training loss per epoch (all layers)
 
     def _cond(self, h: int, w: int) -> torch.Tensor:
@@ -206,9 +205,14 @@ class CFlow(Method):
         mean = s / count
         return mean, np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
 
+    @property
+    def standardized(self) -> list[str]:
+        """The layers whose fibers are standardized (set at fit)."""
+        return list(self.scaling)
+
     def _set_scaling(self, train) -> None:
         """Choose the standardized layers (see the module docstring, "Scale")."""
-        self.scaling, self.standardized = {}, []
+        self.scaling = {}
         if self.standardize is False:
             return
         for name in self.layers:
@@ -216,7 +220,6 @@ class CFlow(Method):
             if self.standardize is True or float(std.max()) > STANDARDIZE_ABOVE:
                 as_t = lambda v: to_device(torch.from_numpy(v.astype(np.float32)).view(1, -1, 1, 1), self.device)
                 self.scaling[name] = (as_t(mean), as_t(np.maximum(std, 1e-6)))
-                self.standardized.append(name)
 
     def _scaled(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name not in self.scaling:
