@@ -11,9 +11,14 @@ others with it (`--timeout` per stage). Default params, except the tiny data and
 below that only make the trained methods short (CFLOW-AD: one epoch of 1,024 fibers).
 
     python bench/registry_sweep.py [--backbones resnet18,vgg11] [--families] [--inits random,imagenet]
-        [--methods padim,dn2] [--engine auto|eager|onnx] [--work /tmp/registry_sweep] [--timeout 900]
+        [--methods padim,dn2] [--train-methods deep_svdd,panda,msc,doc] [--engine auto|eager|onnx]
+        [--work /tmp/registry_sweep] [--timeout 900]
 
 `--families`: one representative per family (the first entry of each), what the slow CI test runs.
+`--train-methods`: the methods that train the backbone (stages/04_train.py) too, each shortened to
+TRAIN_SHORT (one epoch of batches of 8): whether they run on every family, not what they reach.
+DOC's labelled reference set is `--reference`, or else a seeded stand-in made once in the work
+folder (two classes of eight 64 px noise images, tinted apart): enough to run, not to measure.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"synthetic": {"categories": ["chip"], "n_train": 10, "n_good_test": 2, "n_defect_test": 2},
         "cflow": {"epochs": 1, "fibers_per_epoch": 1024}, "latency": {"runs": 0}}
+TRAIN_SHORT = {"epochs": 1, "batch_size": 8}
 
 
 def merge(p: dict, changes: dict) -> dict:
@@ -72,16 +78,36 @@ def engine_note(folder: Path, out: str) -> str:
     return f"{engine} ({why[0][:90]})" if why else engine
 
 
+def stand_in_reference(folder: Path) -> Path:
+    """A two-class ImageFolder of seeded noise images (DOC's `doc.reference`, for a run check only)."""
+    from PIL import Image
+
+    import numpy as np
+
+    rng = np.random.default_rng(1024)
+    for k, tint in enumerate(((60, 0, 0), (0, 0, 60))):
+        (folder / f"class{k}").mkdir(parents=True, exist_ok=True)
+        for i in range(8):
+            x = np.clip(rng.integers(0, 196, (64, 64, 3)) + np.array(tint), 0, 255).astype(np.uint8)
+            Image.fromarray(x).save(folder / f"class{k}" / f"{i}.png")
+    return folder
+
+
 def run_one(name: str, init: str, methods: list[str], prepared: Path, work: Path, timeout: float,
-            engine: str = "auto") -> dict:
+            engine: str = "auto", train_methods: tuple[str, ...] = (), reference: Path | None = None) -> dict:
     folder = work / f"{name}-{init}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "prepared").symlink_to(prepared)
-    write_params(folder, backbone=name, init=init, methods=methods, extract={"engine": engine})
+    write_params(folder, backbone=name, init=init, methods=methods, extract={"engine": engine},
+                 train_methods=list(train_methods),
+                 **{m: {**TRAIN_SHORT, **({"reference": str(reference)} if m == "doc" else {})} for m in train_methods})
     ok, out, secs = stage(folder, "03_extract.py", timeout=timeout)
     row = {"backbone": name, "init": init, "engine": engine_note(folder, out) if ok else "-",
            "extract_s": secs, "methods": {}}
+    for m in train_methods:   # read the prepared images, not the cache: run whatever extract did
+        m_ok, m_out, _ = stage(folder, "04_train.py", m, timeout=timeout)
+        row["methods"][m] = "ok" if m_ok else first_error(m_out)
     for m in methods:
         if not ok:
             row["methods"][m] = "extract failed: " + first_error(out)
@@ -112,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--families", action="store_true", help="one representative per family")
     ap.add_argument("--inits", default="random,imagenet", help="imagenet runs only where weights are offline")
     ap.add_argument("--methods", help="comma-separated (default: every cache method)")
+    ap.add_argument("--train-methods", default="", help="comma-separated methods that train the backbone")
+    ap.add_argument("--reference", help="doc.reference (default: a seeded stand-in in the work folder)")
     ap.add_argument("--engine", default="auto", help="extract.engine (eager skips the ONNX export)")
     ap.add_argument("--work", default="/tmp/registry_sweep")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per stage")
@@ -123,6 +151,7 @@ def main(argv=None) -> int:
         seen: set[str] = set()
         entries = [e for e in entries if not (e["family"] in seen or seen.add(e["family"]))]
     methods = a.methods.split(",") if a.methods else [k for k in METHODS if get_method(k).reads == "features"]
+    train_methods = tuple(m for m in a.train_methods.split(",") if m)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "_data"
@@ -135,14 +164,18 @@ def main(argv=None) -> int:
             if not ok:
                 print(f"error: {script} failed: {first_error(out)}", file=sys.stderr)
                 return 2
+    reference = None
+    if "doc" in train_methods:
+        reference = Path(a.reference) if a.reference else stand_in_reference(work / "_reference")
     t0, rows = time.perf_counter(), []
-    print(table_head(methods), flush=True)   # a row as each backbone finishes: a long sweep's table survives a stop
+    print(table_head([*train_methods, *methods]), flush=True)   # a row as each backbone finishes: a long sweep's table survives a stop
     for e in entries:
         for init in a.inits.split(","):
             if init == "imagenet" and not weights_offline(e):
                 continue
-            rows.append(run_one(e["name"], init, methods, data / "data" / "prepared", work, a.timeout, a.engine))
-            print(table_row(rows[-1], methods), flush=True)
+            rows.append(run_one(e["name"], init, methods, data / "data" / "prepared", work, a.timeout, a.engine,
+                                train_methods, reference))
+            print(table_row(rows[-1], [*train_methods, *methods]), flush=True)
     print(f"\n{len(rows)} runs, {sum(all(v == 'ok' for v in r['methods'].values()) for r in rows)} with every "
           f"method ok; {time.perf_counter() - t0:.0f} s")
     return 0 if all(all(v == "ok" for v in r["methods"].values()) for r in rows) else 1
