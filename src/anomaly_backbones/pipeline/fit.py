@@ -59,7 +59,8 @@ class Scored:
 def fit_predict(method: str, p: dict, train: FeatureSet, test: FeatureSet, dev="cpu", label: str | None = None,
                 before=None, held: FeatureSet | None = None) -> Scored:
     """Resolve the method's params against the cache's shapes, build it on `dev`, fit on `train`,
-    predict `test` (and `held`, when given: the held-out training images, holdout.fit_split).
+    predict `test` (and `held`, when given: the calibration images of holdout.fit_split, held-out
+    training images or the validation split).
     `before()`, when given, runs just before fit (a guard, a peak-memory reset)."""
     r = resolve(p, shapes=train.meta["shapes"])
     m = get_method(method)(r[method], r["layers"], p["seed"], device=dev)
