@@ -57,6 +57,21 @@ def test_validation_asked_without_a_validation_set_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_fit_split_reads_the_validation_split_or_says_how(tmp_path):
+    from anomaly_backbones.features import FeatureSet
+    from anomaly_backbones.holdout import fit_split
+
+    meta = {"layers": ["l1"], "image_size": 16, "n_train": 5, "n_test": 4, "shapes": {"l1": [8, 4, 4]}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    p = {"seed": 1, "threshold": {"holdout": 0.0, "source": "validation"}}
+    with pytest.raises(UserError, match=r"has no validation split: re-run prepare and extract"):
+        fit_split(FeatureSet(tmp_path, "train"), p)
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "n_validation": 3}))
+    train = FeatureSet(tmp_path, "train")
+    fit, held = fit_split(train, p)
+    assert fit is train and held.split == "validation" and len(held) == 3
+
+
 def sh(args, cwd, check=True):
     r = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
     if check and r.returncode != 0:
