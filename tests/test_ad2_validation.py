@@ -125,7 +125,7 @@ def test_segf1_on_validation_good_end_to_end(tmp_path):
     from anomaly_backbones.pipeline.config import load_params
     from anomaly_backbones.pipeline.fit import fit_predict
 
-    ad2 = make_mvtec_ad2(tmp_path / "ad2", objects=("can",))   # 6 train, 2 validation, 9 test images
+    ad2 = make_mvtec_ad2(tmp_path / "ad2", objects=("can",))   # 6 train, 2 validation, 13 test images
     ws = workspace(tmp_path / "ws", **{"data.dataset": "mvtec_ad2", "data.root": str(ad2), "data.categories": ["can"],
                                        "data.resize": 64, "data.crop": 64, "methods": ["padim"]})
     prepared, features, out = ws / "data" / "prepared", ws / "data" / "features", ws / "outputs" / "padim"
