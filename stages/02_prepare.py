@@ -10,11 +10,14 @@ OUT = Path("data/prepared")
 
 
 def main():
-    d = load_params()["data"]
+    p = load_params()
+    d = p["data"]
     categories = load_dataset(d["dataset"], d["root"], d["categories"])
-    summary = prepare_dataset(categories, OUT, d["resize"], d["crop"], d["max_image_pixels"])
+    summary = prepare_dataset(categories, OUT, d["resize"], d["crop"], d["max_image_pixels"],
+                              validation=p["threshold"]["source"] == "validation")
     for s in summary:
-        print(f"prepared {s['category']}: {s['train']} train, {s['test']} test ({s['defective']} defective)")
+        val = f", {s['validation']} validation" if "validation" in s else ""
+        print(f"prepared {s['category']}: {s['train']} train, {s['test']} test ({s['defective']} defective){val}")
 
 
 if __name__ == "__main__":

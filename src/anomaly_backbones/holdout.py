@@ -5,6 +5,10 @@ images drawn without replacement by numpy's Generator(seed), the rest fit. fract
 nothing (and FeatureSubset is never built: the fit reads the FeatureSet itself, so every existing
 result stays the same bytes).
 
+fit_split(train, p) -> (the images the fit uses, the calibration images or None): with
+`threshold.source` = validation the calibration images are the category's cached "validation"
+split (all of train is fitted), else the hold-out above.
+
 FeatureSubset(fs, idx) is a FeatureSet whose split is fs's rows idx (sorted): array(layer) is a
 RowView that maps first-axis indices through idx and reads only those rows of the memory map, so
 methods stream it in chunks exactly as they stream the full cache.
@@ -76,7 +80,13 @@ class FeatureSubset(FeatureSet):
 
 def fit_split(train: FeatureSet, p: dict) -> tuple[FeatureSet, FeatureSet | None]:
     """(the images the fit uses, the held-out ones or None) per params `threshold.holdout` and
-    `seed`. holdout 0: (train itself, None), so nothing changes for the default run."""
+    `seed`. holdout 0: (train itself, None), so nothing changes for the default run.
+    `threshold.source` = validation: (train itself, the cached validation split)."""
+    if (p.get("threshold") or {}).get("source", "holdout") == "validation":
+        if "n_validation" not in train.meta:
+            raise UserError(f"`threshold.source` = validation but the feature cache {train.dir} has no validation "
+                            f"split: re-run prepare and extract with it (dvc repro)")
+        return train, FeatureSet(train.dir, "validation")
     frac = float((p.get("threshold") or {}).get("holdout", 0.0))
     if frac == 0.0:
         return train, None

@@ -11,8 +11,9 @@ Layout of the released archive (one folder per object):
   <object>/test_private_mixed/*.png                  test sets (read for prediction only)
 
 The study's test set is `test_public` (the only labelled one). `validation/good` is kept on the
-Category (`validation`) and `test_private(_mixed)` (`unlabelled`) for prediction and submission;
-neither enters a metric. Images are PNG; their file names carry the lighting condition
+Category (`validation`): with `threshold.source=validation` it is prepared, extracted and scored
+as the threshold's calibration set (the SegF1, metrics/threshold.py). `test_private(_mixed)`
+(`unlabelled`) is kept for prediction and submission and enters no metric. Images are PNG; their file names carry the lighting condition
 (`000_regular.png`, `..._overexposed`, `..._underexposed`, `..._shift_N`), kept as they are.
 """
 from __future__ import annotations

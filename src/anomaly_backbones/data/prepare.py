@@ -4,6 +4,9 @@ Layout of the prepared folder (what the extract and fit stages read):
   categories.json: [{category, train, test, defective}, ...]
   <category>/train_images.npy (N,S,S,3) uint8 · test_images.npy · test_masks.npy (M,S,S) bool
   <category>/samples.csv: split, index, file, label (0 good / 1 defect), defect type
+With `validation` (threshold.source=validation) also each category's defect-free validation images
+(MVTec AD 2's validation/good): <category>/validation_images.npy (V,S,S,3), samples.csv rows of
+split "validation", and `validation` (V) in categories.json; without it nothing of that exists.
 """
 from __future__ import annotations
 
@@ -24,10 +27,16 @@ from .layout import Category, shown
 
 
 def prepare_dataset(categories: list[Category], out: Path, resize: int, crop: int,
-                    max_pixels: int = MAX_IMAGE_PIXELS) -> list[dict]:
+                    max_pixels: int = MAX_IMAGE_PIXELS, validation: bool = False) -> list[dict]:
     """Every category into `out` (removed first), then categories.json. On any failure `out` is
     removed: a run leaves the whole prepared folder or none. Refused when no mask of any category
-    marks a defect pixel inside the crop (every pixel metric would be undefined)."""
+    marks a defect pixel inside the crop (every pixel metric would be undefined), and, with
+    `validation`, before anything is touched, when a category has no validation image."""
+    bare = next((c for c in categories if not c.validation), None) if validation else None
+    if bare is not None:
+        raise UserError(f"`threshold.source` = validation needs the dataset's defect-free validation images "
+                        f"(MVTec AD 2: <object>/validation/good) and category {bare.name} has none: calibrate on "
+                        f"a hold-out of train/good instead: -S threshold.source=holdout -S threshold.holdout=0.1")
     try:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -36,7 +45,7 @@ def prepare_dataset(categories: list[Category], out: Path, resize: int, crop: in
                         f"permissions and free disk.") from None
     try:
         with pixel_limit_from_param():
-            summary = [prepare_category(c, out / c.name, resize, crop, max_pixels) for c in categories]
+            summary = [prepare_category(c, out / c.name, resize, crop, max_pixels, validation) for c in categories]
         if not any(load_prepared(out / c.name, "test_masks").any() for c in categories):
             raise UserError(f"no mask of {', '.join(c.name for c in categories)} marks a defect pixel inside the "
                             f"{crop}x{crop} center crop: every pixel metric would be undefined. Check the masks "
@@ -57,7 +66,8 @@ def _first_mask(categories: list[Category]) -> Path | str:
     return next((s.mask for c in categories for s in c.test if s.mask is not None), "(none)")
 
 
-def prepare_category(cat: Category, out: Path, resize: int, crop: int, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
+def prepare_category(cat: Category, out: Path, resize: int, crop: int, max_pixels: int = MAX_IMAGE_PIXELS,
+                     validation: bool = False) -> dict:
     """Writes into a temporary folder and renames it at the end: a half-written category never exists."""
     if crop > resize:
         raise UserError(f"`data.crop` ({crop}) is larger than `data.resize` ({resize}): crop must be <= resize.")
@@ -66,6 +76,8 @@ def prepare_category(cat: Category, out: Path, resize: int, crop: int, max_pixel
     tmp.mkdir(parents=True)
     try:
         summary = _write_category(cat, tmp, resize, crop, max_pixels)
+        if validation:
+            summary["validation"] = _write_validation(cat, tmp, resize, crop, max_pixels)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -115,6 +127,22 @@ def _write_category(cat: Category, tmp: Path, resize: int, crop: int, max_pixels
         w.writerow(["split", "index", "file", "label", "defect"])
         w.writerows(rows)
     return {"category": cat.name, "train": len(cat.train), "test": n, "defective": int(sum(labels))}
+
+
+def _write_validation(cat: Category, tmp: Path, resize: int, crop: int, max_pixels: int) -> int:
+    """validation_images.npy and samples.csv's "validation" rows (label 0, "good"); returns V."""
+    images = np.lib.format.open_memmap(tmp / "validation_images.npy", "w+", np.uint8,
+                                       (len(cat.validation), crop, crop, 3))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        loaded = pool.map(lambda p: load_image(p, resize, crop, max_pixels)[0], cat.validation)
+        for i, image in enumerate(tqdm(loaded, total=len(cat.validation), desc=f"prepare {cat.name} validation",
+                                       unit="img", leave=False)):
+            images[i] = image
+    images.flush()
+    del images
+    with open(tmp / "samples.csv", "a", newline="") as f:
+        csv.writer(f).writerows(("validation", i, str(p), 0, "good") for i, p in enumerate(cat.validation))
+    return len(cat.validation)
 
 
 def _note_masks(name: str, blank: list[Path], full: list[Path], defective: int) -> None:

@@ -62,4 +62,8 @@ def check_params(p, groups: dict[str, dict[str, Param]]) -> dict:
     d = out["data"]
     if d["crop"] > d["resize"]:
         raise UserError(f"`data.crop` ({d['crop']}) must be <= `data.resize` ({d['resize']})")
+    t = out["threshold"]
+    if t["source"] == "validation" and t["holdout"] > 0:
+        raise UserError(f"`threshold.source` = validation calibrates on the validation set and fits on all of "
+                        f"train/good: set `threshold.holdout` to 0 (it is {t['holdout']:g}), e.g. -S threshold.holdout=0")
     return out

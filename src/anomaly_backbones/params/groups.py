@@ -78,5 +78,12 @@ GROUPS = {
         "holdout": Param(0.0, float, low=0.0, high=0.9, help="share of train/good held out (seeded) to calibrate "
                                                              "the decision threshold; 0 = no threshold"),
         "fpr": Param(0.01, float, low=0.0, high=0.5, low_open=True, help="target false-alarm rate on good parts"),
+        "source": Param("holdout", str, choices=("holdout", "validation"),
+                        help="the defect-free images the threshold is calibrated on: a hold-out of train/good "
+                             "(`holdout`) or the dataset's validation set (MVTec AD 2 validation/good; the fit then "
+                             "uses all of train/good)"),
+        "pixel_rule": Param("quantile", str, choices=("quantile", "mean3std"),
+                            help="the pixel threshold: the calibration maps' (1 - fpr) quantile, or their mean + 3 "
+                                 "standard deviations (MVTec AD 2's SegF1 rule)"),
     },
 }

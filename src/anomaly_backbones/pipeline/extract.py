@@ -16,6 +16,9 @@ Device (`device`, anomaly_backbones.device) and `extract.precision`: the backbon
 run there, under autocast (eager PyTorch on a GPU or in reduced precision); the features come
 back to the host as float32 for the writer. stats.json and each category's meta.json record the
 device, its name and the precision.
+
+Splits: train and test; also "validation" for a category prepared with one (categories.json's
+`validation`, threshold.source=validation), so a run without it caches and times exactly what it did.
 """
 from __future__ import annotations
 
@@ -93,8 +96,9 @@ def pooled_last_stage(bb, layers: list[str], size: int, engine: str,
 
 
 def extract_all(p: dict, prepared: Path = PREPARED, out: Path = OUT) -> dict:
-    """The extract stage: every prepared category's train and test images through the backbone into
-    `out` (removed first); returns stats.json's content, also written to out/stats.json."""
+    """The extract stage: every prepared category's train and test images (and validation images,
+    where prepared) through the backbone into `out` (removed first); returns stats.json's content,
+    also written to out/stats.json."""
     dev = resolve_device(p["device"])     # cuda without a GPU: one line, before any work
     use_device(dev)
     layers = resolve(p)["cache_layers"]   # the `layers` param resolved, then what each method adds
@@ -126,7 +130,8 @@ def extract_all(p: dict, prepared: Path = PREPARED, out: Path = OUT) -> dict:
                 **where}
         writer, pooled = FeatureWriter(out / name, meta, dtype), PooledWriter(out / name)
         times, pooled_times = {}, {}
-        for split in ("train", "test"):
+        splits = ("train", "test", "validation") if c.get("validation") else ("train", "test")
+        for split in splits:
             images = load_prepared(prepared / name, f"{split}_images")
             times[split], pooled_times[split] = extract_split(ext, images, batch_size, writer, split,
                                                               f"extract {bb.name} {name} {split}", pooled, tail)
@@ -136,8 +141,8 @@ def extract_all(p: dict, prepared: Path = PREPARED, out: Path = OUT) -> dict:
         writer.close()
         # cache_mb: the layer maps (set by shapes and dtype); the pooled vectors, a few KB per image, apart
         cache_bytes = sum((out / name / split / layer_file(layer)).stat().st_size
-                          for split in ("train", "test") for layer in layers)
-        pooled_bytes = sum(f.stat().st_size for split in ("train", "test") for f in (out / name / split / POOLED).iterdir())
+                          for split in splits for layer in layers)
+        pooled_bytes = sum(f.stat().st_size for split in splits for f in (out / name / split / POOLED).iterdir())
         stats["categories"][name] = {"forward_s": times, "ms_per_image": writer.meta["ms_per_image"],
                                      "cache_mb": cache_bytes / 2**20, "pooled_s": pooled_times,
                                      "pooled_ms_per_image": writer.meta["pooled_ms_per_image"],

@@ -12,7 +12,10 @@ on, `device`, and its name).
 With `threshold.holdout` > 0 the fit uses the training images less a seeded held-out share
 (holdout.fit_split), and each category's entry gets a `threshold` block: the decision threshold
 calibrated on the held-out scores (and maps) at `threshold.fpr`, with its test rates
-(metrics.threshold). holdout 0 (the default) changes nothing.
+(metrics.threshold). holdout 0 (the default) changes nothing. With `threshold.source` =
+validation the fit uses all training images and calibrates on the category's validation split
+(MVTec AD 2's validation/good), the block's `source` says so; `threshold.pixel_rule` picks the
+pixel rule (mean3std: MVTec AD 2's, whose segmentation F1 is the block's pixel.test.f1, SegF1).
 """
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ class Scored:
 def fit_predict(method: str, p: dict, train: FeatureSet, test: FeatureSet, dev="cpu", label: str | None = None,
                 before=None, held: FeatureSet | None = None) -> Scored:
     """Resolve the method's params against the cache's shapes, build it on `dev`, fit on `train`,
-    predict `test` (and `held`, when given: the held-out training images, holdout.fit_split).
+    predict `test` (and `held`, when given: the calibration images of holdout.fit_split, held-out
+    training images or the validation split).
     `before()`, when given, runs just before fit (a guard, a peak-memory reset)."""
     r = resolve(p, shapes=train.meta["shapes"])
     m = get_method(method)(r[method], r["layers"], p["seed"], device=dev)
@@ -107,7 +111,7 @@ def fit_category(method: str, p: dict, name: str, label: str, dev="cpu", prepare
                          f"pixel metrics on {name} ({len(test)} test images of {test.image_size} px)",
                          "lower `data.crop` (memory grows with pixels per image).")
 
-    fit_set, held = fit_split(train, p)   # threshold.holdout 0: (train, None)
+    fit_set, held = fit_split(train, p)   # threshold.holdout 0 (source holdout): (train, None)
     s = fit_predict(method, p, fit_set, test, dev, label, before=guard, held=held)
     backbone_ms = train.meta["ms_per_image"]
     if level == "image":   # an image-level method's features also need the network past the cached layers
@@ -128,8 +132,11 @@ def fit_category(method: str, p: dict, name: str, label: str, dev="cpu", prepare
                backbone_ms_per_image=backbone_ms,
                roc={"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})
     if held is not None:
-        res["threshold"] = threshold_entry(p["threshold"]["fpr"], s.held_scores, labels, s.scores, s.held_maps,
-                                           masks, s.maps)
+        t = p["threshold"]
+        res["threshold"] = threshold_entry(t["fpr"], s.held_scores, labels, s.scores, s.held_maps, masks, s.maps,
+                                           t.get("pixel_rule", "quantile"))
+        if t.get("source") == "validation":
+            res["threshold"]["source"] = "validation"
     with replacing(out / method / f"{name}.npz", "wb") as f:
         arrays = {"scores": s.scores.astype(np.float32)}
         if s.maps is not None:
