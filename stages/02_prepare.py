@@ -11,7 +11,7 @@ OUT = Path("data/prepared")
 
 def main():
     d = load_params()["data"]
-    categories = load_dataset(d["dataset"], d["root"], d["categories"])
+    categories = load_dataset(d["dataset"], d["root"], d["categories"], d["real_iad_setting"])
     summary = prepare_dataset(categories, OUT, d["resize"], d["crop"], d["max_image_pixels"])
     for s in summary:
         print(f"prepared {s['category']}: {s['train']} train, {s['test']} test ({s['defective']} defective)")
