@@ -12,7 +12,7 @@ OUT = Path("data/prepared")
 def main():
     p = load_params()
     d = p["data"]
-    categories = load_dataset(d["dataset"], d["root"], d["categories"])
+    categories = load_dataset(d["dataset"], d["root"], d["categories"], d["real_iad_setting"])
     summary = prepare_dataset(categories, OUT, d["resize"], d["crop"], d["max_image_pixels"],
                               validation=p["threshold"]["source"] == "validation")
     for s in summary:

@@ -53,18 +53,21 @@ def make_mvtec_ad2(root: Path, objects=("can", "vial"), size=64) -> Path:
 
 
 def make_real_iad(root: Path, objects=("audiojack", "pcb"), variant="realiad_256", size=64,
-                  n_train=2, n_ok=2, n_ng=2) -> Path:
+                  n_train=2, n_ok=2, n_ng=2, setting="multi_view", n_train_ng=0) -> Path:
     """realiad_<px>/<object>/{OK/<sample>, NG/<defect>/<sample>}/<object>_<id>_{OK,NG}_C<v>_<time>.jpg
-    (+ .png masks), realiad_jsons/realiad_jsons/<object>.json. Each NG object shows its defect in
-    views C1 and C3 only: its other views are OK images in the JSON."""
+    (+ .png masks), realiad_jsons/<setting's folder>/<object>.json. Each NG object shows its defect in
+    views C1 and C3 only: its other views are OK images in the JSON. `n_train_ng` NG objects go to
+    train after the OK ones (the FUIAD settings' contamination, labelled as in the release)."""
     for i, obj in enumerate(objects):
-        src = synth(root / "_src", i, n_train=5 * (n_train + n_ok + n_ng), n_good=1, n_defect=2 * n_ng, size=size)
+        src = synth(root / "_src", i, n_train=5 * (n_train + n_ok + n_ng + n_train_ng), n_good=1,
+                    n_defect=2 * (n_ng + n_train_ng), size=size)
         good = iter(sorted((src / "train" / "good").glob("*.png")))
         defect_type = next(d for d in sorted((src / "test").iterdir()) if d.name != "good")
         bad = iter(sorted(defect_type.glob("*.png")))
         doc = {"meta": {"prefix": "", "normal_class": "OK", "pre_transform": None}, "train": [], "test": []}
         sid = 0
-        for split, kind, n in (("train", "OK", n_train), ("test", "OK", n_ok), ("test", "NG", n_ng)):
+        for split, kind, n in (("train", "OK", n_train), ("train", "NG", n_train_ng), ("test", "OK", n_ok),
+                               ("test", "NG", n_ng)):
             for _ in range(n):
                 sid += 1
                 folder = f"OK/S{sid:04d}" if kind == "OK" else f"NG/QS/S{sid:04d}"
@@ -81,7 +84,7 @@ def make_real_iad(root: Path, objects=("audiojack", "pcb"), variant="realiad_256
                               root / variant / obj / mask_rel)
                         entry["mask_path"] = mask_rel
                     doc[split].append(entry)
-        table = root / "realiad_jsons" / "realiad_jsons" / f"{obj}.json"
+        table = root / "realiad_jsons" / real_iad.SETTINGS[setting] / f"{obj}.json"
         table.parent.mkdir(parents=True, exist_ok=True)
         table.write_text(json.dumps(doc))
     shutil.rmtree(root / "_src")
@@ -146,6 +149,30 @@ def test_real_iad_tree_split_views_and_objects(tmp_path):
     table.write_text(json.dumps(doc))
     with pytest.raises(UserError, match=r"pcb\.json, test\[0\].*missing\.jpg does not exist"):
         load_dataset("real_iad", root / "realiad_512", ["pcb"])
+
+
+def test_real_iad_fuiad_setting_keeps_the_json_split_defects_in_train(tmp_path, capsys):
+    from anomaly_backbones.data.prepare import prepare_dataset
+
+    root = make_real_iad(tmp_path / "Real-IAD", objects=("pcb",), setting="fuiad_0.2", n_train=3, n_train_ng=1)
+    with pytest.raises(UserError) as e:             # the default setting's folder is not there
+        load_dataset("real_iad", root, ["pcb"])
+    assert "\n" not in str(e.value) and "realiad_jsons/realiad_jsons" in str(e.value) and "realiad_jsons.zip" in str(e.value)
+    with pytest.raises(UserError, match=r"realiad_jsons_sv .*real_iad_setting=single_view.*realiad_jsons\.zip"):
+        load_dataset("real_iad", root, ["pcb"], "single_view")
+    (c,) = load_dataset("real_iad", root, ["pcb"], "fuiad_0.2")
+    doc = json.loads((root / "realiad_jsons" / "realiad_jsons_fuiad_0.2" / "pcb.json").read_text())
+    folder = root / "realiad_256" / "pcb"
+    assert c.train == [folder / e["image_path"] for e in doc["train"]]            # the JSON's train, in order
+    assert [s.image for s in c.test] == [folder / e["image_path"] for e in doc["test"]]
+    assert sum(e["anomaly_class"] != "OK" for e in doc["train"]) == 2 and len(c.train) == 4 * 5
+    assert "fuiad_0.2 pcb: 2 of 20 training images are defective, kept in train" in capsys.readouterr().err
+    # the same JSON as the multi-view split: a defective training image is refused there
+    shutil.copytree(root / "realiad_jsons" / "realiad_jsons_fuiad_0.2", root / "realiad_jsons" / "realiad_jsons")
+    with pytest.raises(UserError, match=r"pcb\.json, train\[15\]: defective image .* in the training split"):
+        load_dataset("real_iad", root, ["pcb"])
+    summary = prepare_dataset([c], tmp_path / "prepared", 64, 64, 10**8)
+    assert summary[0]["train"] == 20 and summary[0]["test"] == 4 * 5 and summary[0]["defective"] == 2 * 2
 
 
 # ------------------------------------------------------------------------------------- end to end

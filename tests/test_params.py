@@ -62,6 +62,10 @@ def test_validate_fills_absent_params_and_converts(params):
                                 "mvtec_ad2, real_iad (did you mean 'mvtec'?)"),
     ({"data.categories": ["..", "bottle"]}, "`data.categories`: '..' is not a category folder name"),
     ({"data.max_image_pixels": 0}, "`data.max_image_pixels` must be an integer >= 1"),
+    ({"data.real_iad_setting": "fuiad_0.3"}, "`data.real_iad_setting` must be multi_view | single_view | fuiad_0.0 | "
+                                             "fuiad_0.1 | fuiad_0.2 | fuiad_0.4, not 'fuiad_0.3'"),
+    ({"data.real_iad_setting": "single_view"}, "`data.real_iad_setting` (single_view) applies to data.dataset=real_iad "
+                                               "only (not synthetic)"),
     ({"methods": ["padim", "padim"]}, "`methods` lists ['padim'] more than once"),
     ({"methods": ["padim", "knn"]}, "unknown method 'knn' in `methods`"),
     ({"methods": []}, "`methods` must be a non-empty list"),

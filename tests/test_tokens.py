@@ -109,6 +109,8 @@ def test_engines_onnx_for_swin_eager_for_vit_with_the_reason():
     ("vit_base_patch16_clip_224", "openai", ["models--timm--vit_base_patch16_clip_224.openai"]),
     ("resnet50", "fb_ssl_yfcc100m_ft_in1k", ["semi_supervised_resnet50-08389792.pth", "dl.fbaipublicfiles.com"]),
     ("resnext50_32x4d", "fb_swsl_ig1b_ft_in1k", ["semi_weakly_supervised_resnext50_32x4-72679e44.pth"]),
+    ("resnet50", "mocov3", ["r-50-1000ep.pth.tar", "https://dl.fbaipublicfiles.com/moco-v3/r-50-1000ep/"]),
+    ("vit_base_patch16_224", "mocov3", ["vit-b-300ep.pth.tar", "dl.fbaipublicfiles.com"]),
 ])
 def test_self_supervised_inits_offline_are_one_line_naming_the_file(name, init, needles, monkeypatch, tmp_path):
     import huggingface_hub.constants as hc
@@ -136,5 +138,6 @@ def test_report_init_column_says_how_the_weights_were_pretrained():
     assert init_label("imagenet:lvd142m", "vit_small_patch14_dinov2") == "self-supervised (lvd142m)"
     assert init_label("imagenet:in1k_pypi", "tf_efficientnet_lite0") == "supervised (in1k_pypi)"
     assert init_label("imagenet:fb_swsl_ig1b_ft_in1k", "resnet50") == "semi-weakly-supervised (fb_swsl_ig1b_ft_in1k)"
+    assert init_label("imagenet:mocov3", "vit_small_patch16_224") == "self-supervised (mocov3)"
     assert init_label("random:seed=1024", "vit_small_patch14_dinov2") == "random"
     assert init_label("imagenet:x", "not_in_the_registry") == "imagenet (x)"

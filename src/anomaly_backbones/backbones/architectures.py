@@ -163,9 +163,10 @@ def default_norm(spec: Spec) -> tuple[tuple, tuple]:
 
 # ------------------------------------------------------------------------------------------- build
 
-def build(spec: Spec, tv_weights=None) -> nn.Module:
+def build(spec: Spec, tv_weights=None, init_key: str | None = None) -> nn.Module:
     """Construct the architecture: random init (the current RNG state), or a torchvision weights
-    enum member loaded by torchvision. Under `with torch.device("meta")` it allocates nothing."""
+    enum member loaded by torchvision. Under `with torch.device("meta")` it allocates nothing.
+    `init_key`: a named init whose weights need other timm constructor arguments (init_kwargs)."""
     if spec.source == "torchvision":
         from torchvision.models import get_model
 
@@ -179,7 +180,7 @@ def build(spec: Spec, tv_weights=None) -> nn.Module:
     if spec.source == "timm":
         import timm
 
-        return timm.create_model(spec.arch, pretrained=False, **timm_kwargs(spec))
+        return timm.create_model(spec.arch, pretrained=False, **timm_kwargs(spec, init_key))
     if spec.source == "in-project":
         from .ibn import MODELS
 
@@ -187,17 +188,19 @@ def build(spec: Spec, tv_weights=None) -> nn.Module:
     raise RuntimeError(f"unknown source {spec.source!r}")
 
 
-def timm_kwargs(spec: Spec) -> dict:
+def timm_kwargs(spec: Spec, init_key: str | None = None) -> dict:
     """Constructor arguments of a timm registry entry (`kwargs`, e.g. dynamic_img_size for ViTs),
-    the same for every init so that random, file and pretrained give one architecture."""
-    return dict((spec.entry or {}).get("kwargs") or {})
+    the same for every init so that random, file and pretrained give one architecture; plus, for
+    `init_key`, the entry's `init_kwargs` of that init (weights trained with another head count)."""
+    entry = spec.entry or {}
+    return {**(entry.get("kwargs") or {}), **((entry.get("init_kwargs") or {}).get(init_key) or {})}
 
 
-def seeded_build(spec: Spec, seed: int, tv_weights=None) -> nn.Module:
+def seeded_build(spec: Spec, seed: int, tv_weights=None, init_key: str | None = None) -> nn.Module:
     """build() with torch.manual_seed(seed), leaving the caller's RNG state untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build(spec, tv_weights)
+        return build(spec, tv_weights, init_key)
 
 
 def strip_aux(model: nn.Module, arch: str) -> None:

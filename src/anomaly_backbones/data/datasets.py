@@ -37,6 +37,7 @@ class Dataset:
     by_hand: str = ""               # without an archive: how to get it ({home}, {dest} filled in)
     pro_fpr_limits: tuple[float, ...] = ()   # AU-PRO limits its authors report besides `metrics.pro_fpr_limit`
     views: bool = False             # several views per object: per-view and per-object scores (real_iad)
+    settings: tuple[str, ...] = ()  # split settings its loader takes as `setting` (the first = default)
 
     @property
     def downloadable(self) -> bool:
@@ -89,7 +90,7 @@ DATASETS = {d.name: d for d in [
                     "terms, wait for approval). Download realiad_jsons.zip and one of realiad_256/512/1024 (one zip "
                     "per object), unpack them so that {dest}/realiad_jsons/realiad_jsons/audiojack.json and "
                     "{dest}/realiad_<px>/audiojack/OK exist.",
-            views=True),
+            views=True, settings=tuple(real_iad.SETTINGS)),
 ]}
 
 
@@ -123,9 +124,11 @@ def category_names(categories, dataset: str) -> list[str] | None:
     return names
 
 
-def load_dataset(dataset: str, root: str | Path, categories) -> list[Category]:
+def load_dataset(dataset: str, root: str | Path, categories, setting: str | None = None) -> list[Category]:
     """Entry point: validate the params, then read the layout. Prints one note per kind of
-    entry it passed over (hidden or system files, non-images, masks of defect-free images)."""
+    entry it passed over (hidden or system files, non-images, masks of defect-free images).
+    `setting`: the split setting of a dataset that ships several (Real-IAD: data.real_iad_setting);
+    None = its first; ignored by the others."""
     spec = get_dataset(dataset)
     names = category_names(categories, dataset)
     root = Path(root)
@@ -134,6 +137,7 @@ def load_dataset(dataset: str, root: str | Path, categories) -> list[Category]:
                 if spec.downloadable else "")
         raise UserError(f"`data.root` {shown(root)} is not a folder.{hint}")
     scan = Scan()
-    cats = spec.load(root, names or (list(spec.categories) if spec.categories else None), scan)
+    kw = {"setting": setting or spec.settings[0]} if spec.settings else {}
+    cats = spec.load(root, names or (list(spec.categories) if spec.categories else None), scan, **kw)
     scan.report()
     return cats

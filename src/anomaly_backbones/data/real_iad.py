@@ -5,15 +5,25 @@ Layout of the release (the variants share one set of JSON split files):
 
   <root>/realiad_{256,512,1024}/<object>/OK/<sample>/<object>_<id>_OK_C<v>_<time>.jpg
   <root>/realiad_{256,512,1024}/<object>/NG/<defect>/<sample>/<object>_<id>_NG_C<v>_<time>.jpg (+ .png mask)
-  <root>/realiad_jsons/realiad_jsons/<object>.json
+  <root>/realiad_jsons/<split folder>/<object>.json
 
 `data.root` is the Real-IAD folder holding exactly one `realiad_<px>` folder, or one
 `realiad_<px>` folder itself (its parent holds `realiad_jsons`): the variant is where it points.
-The JSON split file (the release's multi-view one-class setting, `realiad_jsons/realiad_jsons`)
-is the split: {"meta": {"prefix": ..., "normal_class": "OK"}, "train": [e, ...], "test": [e, ...]}
-with e = {"category", "anomaly_class", "image_path", "mask_path"}; paths relative to the object
-folder (after meta.prefix). Images it does not list are not used. An image's label is its own
-`anomaly_class` (a view of a defective object that does not show the defect is OK).
+The JSON split file is the split: {"meta": {"prefix": ..., "normal_class": "OK"}, "train":
+[e, ...], "test": [e, ...]} with e = {"category", "anomaly_class", "image_path", "mask_path"};
+paths relative to the object folder (after meta.prefix). Images it does not list are not used. An
+image's label is its own `anomaly_class` (a view of a defective object that does not show the
+defect is OK).
+
+`data.real_iad_setting` picks the split folder (all ship in realiad_jsons.zip; the authors' UniAD
+configs, Tencent/AnomalyDetection_Real-IAD experiments/, read the same files):
+  multi_view  realiad_jsons            the multi-view one-class setting (default)
+  single_view realiad_jsons_sv         the single-view setting (camera C1 only)
+  fuiad_<r>   realiad_jsons_fuiad_<r>  fully unsupervised (FUIAD), r = 0.0, 0.1, 0.2, 0.4: the
+              training set is contaminated on purpose with defective images (anomaly_class other
+              than meta.normal_class) at noise ratio r. They stay in train, unlabelled, as the
+              authors' loader treats every training image as normal: that is the setting. Their
+              count is printed. In the other settings a defective training image is an error.
 
 Views are kept apart: every image is one test sample; its view (C1-C5) and its object (the
 <sample> folder, which holds the five views) come from its path (`view_of`, `object_of`). The fit
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -36,7 +47,9 @@ CATEGORIES = ["audiojack", "bottle_cap", "button_battery", "end_cap", "eraser", 
               "toy_brick", "transistor1", "u_block", "usb", "usb_adaptor", "vcpill", "wooden_beads", "woodstick",
               "zipper"]
 VARIANTS = ("realiad_256", "realiad_512", "realiad_1024")
-SPLITS = Path("realiad_jsons") / "realiad_jsons"
+JSONS = Path("realiad_jsons")     # the unpacked realiad_jsons.zip: one folder per setting
+SETTINGS = {"multi_view": "realiad_jsons", "single_view": "realiad_jsons_sv",
+            **{f"fuiad_{r}": f"realiad_jsons_fuiad_{r}" for r in ("0.0", "0.1", "0.2", "0.4")}}
 VIEW = re.compile(r"_(C[1-5])_")
 
 
@@ -63,8 +76,8 @@ def object_scores(files: list[str], labels, scores) -> tuple[list[str], list[int
     return list(out), [v[0] for v in out.values()], [v[1] for v in out.values()]
 
 
-def _roots(root: Path) -> tuple[Path, Path]:
-    """(image folder realiad_<px>, folder of the JSON split files)."""
+def _roots(root: Path, setting: str) -> tuple[Path, Path]:
+    """(image folder realiad_<px>, folder of the JSON split files of `setting`)."""
     if root.name in VARIANTS:
         images, base = root, root.parent
     else:
@@ -74,16 +87,22 @@ def _roots(root: Path) -> tuple[Path, Path]:
             raise UserError(f"`data.root` {shown(root)} holds {what}: point `data.root` at the Real-IAD folder "
                             f"with one variant, or at the variant itself (e.g. {shown(root / VARIANTS[0])}).")
         images, base = found[0], root
-    splits = base / SPLITS
+    if setting not in SETTINGS:
+        raise UserError(f"`data.real_iad_setting` {setting!r} is not one of {', '.join(SETTINGS)}.")
+    splits = base / JSONS / SETTINGS[setting]
     if not splits.is_dir():
-        raise UserError(f"Real-IAD split files {shown(splits)} are missing: they ship as realiad_jsons.zip next "
-                        f"to the image archives; unpack it in {shown(base)}.")
+        raise UserError(f"Real-IAD split files {shown(splits)} (data.real_iad_setting={setting}) are missing: they "
+                        f"ship as realiad_jsons.zip next to the image archives; unpack it in {shown(base)}.")
     return images, splits
 
 
-def load_real_iad(root: Path, categories: list[str] | None, scan: Scan) -> list[Category]:
-    """`categories` None: the 30 objects. Train and test in the JSON's order."""
-    images, splits = _roots(root)
+def load_real_iad(root: Path, categories: list[str] | None, scan: Scan,
+                  setting: str = "multi_view") -> list[Category]:
+    """`categories` None: the 30 objects. Train and test in the JSON's order; `setting` picks the
+    split folder (module docstring); in the FUIAD settings train holds the JSON's defective
+    training images too."""
+    images, splits = _roots(root, setting)
+    contaminated = setting.startswith("fuiad_")
     out = []
     for name in categories or CATEGORIES:
         table = splits / f"{name}.json"
@@ -99,7 +118,7 @@ def load_real_iad(root: Path, categories: list[str] | None, scan: Scan) -> list[
                             f"split file?")
         meta = doc.get("meta") or {}
         prefix, normal = str(meta.get("prefix") or ""), str(meta.get("normal_class") or "OK")
-        cat = Category(name, [])
+        cat, n_bad_train = Category(name, []), 0
         folder = images / name
         for split in ("train", "test"):
             for i, e in enumerate(doc[split]):
@@ -109,9 +128,10 @@ def load_real_iad(root: Path, categories: list[str] | None, scan: Scan) -> list[
                 img = _file(folder, prefix, e["image_path"], where, "image")
                 good = e["anomaly_class"] == normal
                 if split == "train":
-                    if not good:
+                    if not good and not contaminated:
                         raise UserError(f"{where}: defective image {shown(img)} in the training split: the "
                                         f"one-class training set must be defect-free.")
+                    n_bad_train += not good
                     cat.train.append(img)
                 elif good:
                     if e.get("mask_path"):
@@ -126,6 +146,9 @@ def load_real_iad(root: Path, categories: list[str] | None, scan: Scan) -> list[
             raise UserError(f"{shown(table)} lists no {'training' if not cat.train else 'test'} image.")
         for s in cat.test:
             view_of(s.image)
+        if contaminated:
+            print(f"note: Real-IAD {setting} {name}: {n_bad_train} of {len(cat.train)} training images are defective, "
+                  f"kept in train (the fully unsupervised setting)", file=sys.stderr)
         out.append(cat)
     return out
 

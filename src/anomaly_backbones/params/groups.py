@@ -52,6 +52,8 @@ GROUPS = {
         "resize": Param(256, int, low=1),
         "crop": Param(224, int, low=1),
         "max_image_pixels": Param(200_000_000, int, low=1, help="larger images are refused before decoding"),
+        "real_iad_setting": Param("multi_view", str, help="Real-IAD's split folder: multi_view | single_view | "
+                                                          "fuiad_0.0 | fuiad_0.1 | fuiad_0.2 | fuiad_0.4"),
     },
     "extract": {
         "batch_size": Param(32, int, low=1, help="images per forward pass (memory grows with it)"),

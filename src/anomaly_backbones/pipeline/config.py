@@ -43,7 +43,9 @@ def schema_groups() -> dict[str, dict[str, Param]]:
     groups = copy.copy(GROUPS)
     groups["synthetic"] = {**GROUPS["synthetic"], "categories": dataclasses.replace(
         GROUPS["synthetic"]["categories"], check=_synthetic_categories)}
-    groups["data"] = {**GROUPS["data"], "dataset": dataclasses.replace(GROUPS["data"]["dataset"], check=_dataset)}
+    groups["data"] = {**GROUPS["data"], "dataset": dataclasses.replace(GROUPS["data"]["dataset"], check=_dataset),
+                      "real_iad_setting": dataclasses.replace(GROUPS["data"]["real_iad_setting"],
+                                                              choices=DATASETS["real_iad"].settings)}
     return {**groups, **method_schemas()}
 
 
@@ -61,6 +63,10 @@ def validate(p) -> dict:
                 raise UserError(f"{m} {'trains the backbone' if reads == 'features' else 'reads the feature cache'}: "
                                 f"list it in `{other}`, not `{key}`")
     category_names(out["data"]["categories"], out["data"]["dataset"])   # names, not paths; BTAD's numbers
+    d = out["data"]
+    if d["dataset"] != "real_iad" and d["real_iad_setting"] != GROUPS["data"]["real_iad_setting"].default:
+        raise UserError(f"`data.real_iad_setting` ({d['real_iad_setting']}) applies to data.dataset=real_iad only "
+                        f"(not {d['dataset']}): leave it at multi_view")
     return out
 
 
