@@ -110,7 +110,7 @@ class PaDiM(Method):
     name = "padim"
     PARAMS = {
         "d": Param("auto", int, low=1, special=("auto", "all"), help="kept channels (R_d); auto: the registry's"),
-        "chunk_mb": Param(256.0, float, low=0, low_open=True, help="a chunk's (positions, images, d) block"),
+        "chunk_mb": Param(64.0, float, low=0, low_open=True, help="a chunk's (positions, images, d) block"),
         "sigma": SIGMA,
     }
 
