@@ -264,3 +264,25 @@ def test_memory_guard_sizes_the_batch_that_can_exist(monkeypatch):
         m.fit(ImageSet(images(4, 11)))   # builds the trunk the estimate reads
         est[bs] = m.train_bytes(40, 64)
     assert est[200] == est[40] and est[8] < est[40]
+
+
+@pytest.mark.parametrize("name,want", [("alexnet", "features.5"), ("vgg11", "features.9"),
+                                       ("squeezenet1_1", "features.5"), ("resnet18", "layer2")])
+def test_frozen_through_auto_for_every_registry_shape(name, want):
+    """`auto` is PANDA's choice (the registry's second layer) and, for an entry with one default
+    layer, the first half of that layer's children: never an error for a registry backbone."""
+    from anomaly_backbones.backbones import load_backbone
+    from anomaly_backbones.methods.training.trunk import resolve_frozen
+
+    model = load_backbone(name, "random", 0).model
+    children = [n for n, _ in dict(model.named_modules())[want.rpartition(".")[0] or want].named_children()]
+    assert resolve_frozen("auto", name, "panda", model) == want
+    if "." in want:   # the first half: the frozen child is the middle one of the layer's children
+        assert children.index(want.rpartition(".")[2]) == len(children) // 2 - 1
+
+
+def test_frozen_through_auto_without_registry_layers_is_one_line():
+    from anomaly_backbones.methods.training.trunk import resolve_frozen
+
+    with pytest.raises(UserError, match="panda.frozen_through"):
+        resolve_frozen("auto", "not_in_the_registry", "panda")

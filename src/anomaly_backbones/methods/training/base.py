@@ -63,7 +63,7 @@ def trained_params(epochs, batch_size: int, lr: float, frozen: str, **extra: Par
         "batch_size": Param(batch_size, int, low=1, help="training images per step (memory grows with it)"),
         "lr": Param(lr, float, low=0, low_open=True),
         **extra,
-        "frozen_through": Param(frozen, str, help="auto (registry's 2nd layer) | none | a module name"),
+        "frozen_through": Param(frozen, str, help="auto (registry's 2nd layer; one layer: its first half) | none | a module name"),
         "test_curve": Param(False, bool, help="test ROC-AUC per epoch for the curve (never picks the epoch)"),
     }
 
@@ -96,7 +96,7 @@ class ImageMethod(Method):
         self.train_set, self._train_feats = train, None
         torch.manual_seed(self.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
-        frozen = resolve_frozen(self.params["frozen_through"], self.backbone.name, self.name)
+        frozen = resolve_frozen(self.params["frozen_through"], self.backbone.name, self.name, self.backbone.model)
         self.backbone.model.to(self.device)   # in place (no-op on the CPU): the stage's backbone is this model
         self.trunk = Trunk(self.backbone.model, self.layers, frozen, train.image_size, self.name)
         self.prepare_trunk(train)

@@ -70,17 +70,25 @@ def forward_order(model: nn.Module, image_size: int) -> tuple[list[str], dict[st
     return order, elems
 
 
-def resolve_frozen(value: str, backbone: str, group: str) -> str | None:
-    """`auto` -> the registry's second default layer; `none` -> None; a module name as given."""
+def resolve_frozen(value: str, backbone: str, group: str, model: nn.Module | None = None) -> str | None:
+    """`auto` -> the registry's second default layer (PANDA's ResNet: through layer2 of layer1-3);
+    for an entry with one default layer (AlexNet, VGG, SqueezeNet: `features`), the first half of
+    that layer's children (`features.5` of AlexNet's 13), which needs `model`; `none` -> None; a
+    module name as given."""
     if value == "none":
         return None
     if value != "auto":
         return value
     entry = get_entry(backbone)
-    if entry is None or len(entry["layers"]) < 2:
-        raise UserError(f"`{group}.frozen_through: auto` needs a registry backbone with 2+ default layers; "
-                        f"{backbone!r} has none: set `{group}.frozen_through` to a module name or none")
-    return entry["layers"][1]
+    layers = entry["layers"] if entry is not None else []
+    if len(layers) >= 2:
+        return layers[1]
+    layer = dict(model.named_modules()).get(layers[0]) if model is not None and layers else None
+    children = [name for name, _ in layer.named_children()] if layer is not None else []
+    if len(children) < 2:
+        raise UserError(f"`{group}.frozen_through: auto` needs a registry backbone whose default layers can be "
+                        f"split; {backbone!r} cannot: set `{group}.frozen_through` to a module name or none")
+    return f"{layers[0]}.{children[len(children) // 2 - 1]}"
 
 
 class Trunk(nn.Module):
