@@ -33,7 +33,6 @@ import numpy as np, torch
 from anomalib.models.components import MultiVariateGaussian
 from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator
 cache, out = sys.argv[1], sys.argv[2]
-torch.set_num_threads(torch.get_num_threads())
 t = time.perf_counter()
 train = torch.from_numpy(np.load(f"{cache}/train/embedding.npy"))
 mean, inv = MultiVariateGaussian().fit(train)
