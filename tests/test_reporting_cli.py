@@ -183,6 +183,9 @@ def test_sweep_selection_and_plan():
     assert [p["skip"] for p in plan] == ["finished as experiment e1", "already queued as experiment e2", None]
     assert "layers=auto" in plan[2]["set"] and "padim.d=auto" not in plan[2]["set"]   # pinned layers reset
     assert plan_sweep(base, ["resnet18"], "random", ["padim.d=20"], exps)[0]["skip"] is None
+    unread = exps + [{"name": "e4", "state": "success", "params": {}}]   # DVC busy: a finished one without params
+    with pytest.raises(UserError, match="e4"):
+        plan_sweep(base, ["resnet18", "resnet50"], "random", [], unread)
     assert parse_queue_status(QUEUE_STATUS) == {"piano-salt": "failed", "ready-bort": "running",
                                                 "bushy-puku": "queued"}
 

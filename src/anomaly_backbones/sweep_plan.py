@@ -108,6 +108,12 @@ def experiment_states(entries: list[Entry]) -> list[dict]:
 def plan_sweep(base_params: dict, backbones: list[str], init: str, overrides: list[str],
                experiments: list[dict]) -> list[dict]:
     """[{backbone, set: [-S values], params, skip: reason or None}] in the given backbone order."""
+    unread = [e["name"] for e in experiments if e["state"] == "success" and not e["params"]]
+    if unread:   # never run a finished experiment twice because DVC could not say what it was
+        raise UserError(f"`dvc exp show` listed {len(unread)} finished experiment(s) without their params "
+                        f"({', '.join(unread[:3])}{' ...' if len(unread) > 3 else ''}): DVC was busy (a queue "
+                        f"worker starting or stopping?). Run the sweep again when `dvc queue status` shows no "
+                        f"worker; if it persists, `dvc exp remove` those experiments.")
     given = {parse_override(o)[1] for o in overrides}
     extra = [f"{k}=auto" for k in AUTO_KEYS if k not in given and _get(base_params, k) not in (None, "auto")]
     by_params: dict[str, dict] = {}
