@@ -19,6 +19,9 @@ STAGE = textwrap.dedent("""
             threading.Thread(target=lambda: (time.sleep(0.3), Path("thread.txt").write_text("done"))).start()
         if sys.argv[1] == "error":
             raise UserError("bad param `padim.d`")
+        if sys.argv[1] == "full":               # the kernel's ENOSPC: writes to /dev/full always fail with it
+            with open("/dev/full", "wb") as f:
+                f.write(b"x" * 10)
 
     if __name__ == "__main__":
         run(main)
@@ -48,6 +51,11 @@ def test_a_user_error_exits_2_with_one_line(tmp_path):
     r = _stage(tmp_path, "error")
     assert r.returncode == 2 and r.stderr == "error: bad param `padim.d`\n"
     assert (tmp_path / "atexit.txt").read_text() == "ran"
+
+
+def test_a_full_disk_exits_2_with_one_line(tmp_path):
+    r = _stage(tmp_path, "full")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no space left on the disk" in r.stderr, r.stderr
 
 
 def test_in_process_callers_get_a_normal_return():

@@ -286,3 +286,22 @@ def test_frozen_through_auto_without_registry_layers_is_one_line():
 
     with pytest.raises(UserError, match="panda.frozen_through"):
         resolve_frozen("auto", "not_in_the_registry", "panda")
+
+
+def test_panda_on_a_vit_trains_without_the_prefix_cache_and_gives_the_same_bits():
+    """A ViT's `blocks` never runs as one module (its maps wrapper runs block by block), so the
+    frozen prefix cannot be skipped by module order: PANDA trains without the cache (before: a
+    ValueError from the order lookup), and the cache setting changes nothing."""
+    from anomaly_backbones.backbones import get_entry
+
+    layers = get_entry("vit_small_patch16_224")["layers"]
+    train, test = images(6, 1), images(4, 2)
+    scores = []
+    for prefix_cache in (True, False):
+        torch.set_num_threads(1)
+        m = get_method("panda")({"batch_size": 4, "epochs": 1, "prefix_cache": prefix_cache}, layers, 1024,
+                                backbone=load_backbone("vit_small_patch16_224", "random", 1024))
+        m.fit(ImageSet(train))
+        assert m.trunk.prefix is None
+        scores.append(m.predict(ImageSet(test))[0])
+    assert np.isfinite(scores[0]).all() and np.array_equal(scores[0], scores[1])

@@ -1,8 +1,10 @@
-"""Stage entry and exit: a UserError ends a stage with one line (exit 2), never a traceback; a
-finished stage process ends without the interpreter's teardown. Files: files.py; memory: resources.py."""
+"""Stage entry and exit: a UserError ends a stage with one line (exit 2), never a traceback, and
+so does a full disk (ENOSPC: the machine, not the code); a finished stage process ends without the
+interpreter's teardown. Files: files.py; memory: resources.py."""
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import sys
 import threading
@@ -17,6 +19,14 @@ def run(main: Callable[[], None]) -> None:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: no space left on the disk{where}: the stage stopped and DVC records none of its "
+              f"outputs; free space (`dvc gc -w` drops cached outputs of other runs) and re-run the command.",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: nothing partial is trusted; re-run the command (`dvc repro` re-runs an "

@@ -184,7 +184,10 @@ class PrefixCache:
         order = trunk._order
         parts = self.boundary.split(".")
         self.skip: list[nn.Module] = []
-        for depth in range(len(parts)):
+        # a module on the path that is never called as a whole (a ViT's `blocks`, run block by block
+        # by its maps wrapper) leaves no order to skip by: no cache (`check` says False), the same training
+        self.chain = all(".".join(parts[:depth + 1]) in order for depth in range(len(parts)))
+        for depth in range(len(parts) if self.chain else 0):
             parent = ".".join(parts[:depth])
             path_child = ".".join(parts[:depth + 1])
             for name, child in (modules[parent] if parent else trunk.model).named_children():
@@ -231,6 +234,8 @@ class PrefixCache:
 
     def check(self, x: torch.Tensor) -> bool:
         """Does the trunk from the cached prefix give the full pass's features on batch x?"""
+        if not self.chain:
+            return False
         before, self.trunk.prefix = self.trunk.prefix, self
         with torch.no_grad():
             full = self.trunk(x)
