@@ -32,7 +32,6 @@ def shapes_of(name: str, layers: list[str]) -> dict[str, tuple[int, int, int]]:
 
 def estimates(name: str, n_train: int, n_test: int) -> dict[str, float]:
     from anomaly_backbones.methods import get_method
-    from anomaly_backbones.methods.coreset import coreset_size
     from anomaly_backbones.pipeline.config import load_params, resolve
 
     p = load_params()
@@ -44,9 +43,8 @@ def estimates(name: str, n_train: int, n_test: int) -> dict[str, float]:
     spade = get_method("spade")(r["spade"], r["layers"], p["seed"])
     out["spade predict"] = spade.predict_bytes(shapes, n_test, n_train, 224)
     pc = get_method("patchcore")(r["patchcore"], r["patchcore"]["layers"], p["seed"])
-    hw, _, _ = pc._sizes(shapes)
     out["patchcore fit"] = pc.fit_bytes(shapes, n_train)
-    out["patchcore predict"] = pc.predict_bytes(shapes, n_test, coreset_size(n_train * hw, pc.ratio), 224)
+    out["patchcore predict"] = pc.predict_bytes(shapes, n_test, pc.bank_rows(shapes, n_train), 224)
     cflow = get_method("cflow")(r["cflow"], r["layers"], p["seed"])
     out["cflow fit"] = cflow.fit_bytes(shapes)
     out["cflow predict"] = cflow.predict_bytes(shapes, n_test, 224)

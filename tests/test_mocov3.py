@@ -113,3 +113,31 @@ def test_listing_shows_mocov3_as_self_supervised(capsys):
     main_backbones(["--family", "resnet"])
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("resnet50 "))
     assert "mocov3=self-supervised" in line and "fb_ssl_yfcc100m_ft_in1k=semi-supervised" in line
+
+
+def test_checkpoint_file_init_guards_the_twelve_heads(monkeypatch, tmp_path, capsys):
+    """init=<file> builds timm's ViT-S (6 heads): the authors' pretraining file is refused with the
+    way to init=mocov3; a plain state_dict (say the 12-head encoder, converted) loads, with a note
+    that names the configuration it did not get (the tensors alone cannot tell)."""
+    name, enc = "vit_small_patch16_224", _encoder("vit_small_patch16_224")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    raw = tmp_path / "vit-s-300ep.pth"
+    torch.save(_checkpoint(enc, "head"), raw)
+    with pytest.raises(UserError) as e:
+        load_backbone(name, str(raw))
+    msg = str(e.value)
+    assert "\n" not in msg and "MoCo v3 pretraining checkpoint" in msg and "init=mocov3" in msg, msg
+    assert str(caches.url_cache_path(_url(name))) in msg, msg
+    plain = tmp_path / "encoder.pth"
+    torch.save(enc, plain)
+    capsys.readouterr()
+    bb = load_backbone(name, str(plain))
+    out = capsys.readouterr().out
+    assert "init=mocov3 ({'num_heads': 12})" in out and "note:" in out, out
+    assert bb.model.model.blocks[0].attn.num_heads == 6
+    assert torch.equal(bb.model.model.state_dict()["blocks.0.attn.qkv.weight"], enc["blocks.0.attn.qkv.weight"])
+    load_backbone("resnet18", "random")                 # entries without init_kwargs: no note
+    torch.save(_encoder("resnet50"), tmp_path / "r50.pth")
+    capsys.readouterr()
+    load_backbone("resnet50", str(tmp_path / "r50.pth"))
+    assert "note:" not in capsys.readouterr().out

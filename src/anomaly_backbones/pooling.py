@@ -132,12 +132,11 @@ class Tail:
         """{cached layer: (B, C, h, w) CPU tensor} -> the last stage's (B, C', h', w') float32 CPU map
         (on the CPU in float32: no copy or cast anywhere, the module's own output). `images`: unused
         (ForwardTail's)."""
-        if self.session is not None:   # calls of `call_images`, as the trunk's: the arena grows with a call
-            n, k = len(feats[self.inputs[0]]), self.call_images
-            parts = [self.session.run(None, {f"in{i}": np.ascontiguousarray(feats[layer][s:s + k], np.float32)
-                                             for i, layer in enumerate(self.inputs)})[0]
-                     for s in range(0, n, k)]
-            return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        if self.session is not None:   # calls of ORT_BATCH images, as the trunk's: the arena grows with a call
+            from .backbones.ort_extractor import run_in_calls
+
+            feeds = {f"in{i}": np.ascontiguousarray(feats[layer], np.float32) for i, layer in enumerate(self.inputs)}
+            return torch.from_numpy(run_in_calls(self.session, feeds, [self.out_shape])[0])
         with torch.inference_mode(), autocast(self.device, self.precision):
             out = self.module(*[to_device(feats[layer], self.device).float() for layer in self.inputs])
         return out.float().cpu()
@@ -150,7 +149,7 @@ class Tail:
         import warnings
         from pathlib import Path
 
-        from .backbones.ort_extractor import CHECK_TOL as ORT_TOL, ORT_BATCH, ort_session
+        from .backbones.ort_extractor import CHECK_TOL as ORT_TOL, ort_session
         from .resources import usable_cpus
 
         names = [f"in{i}" for i in range(len(self.inputs))]
@@ -161,9 +160,9 @@ class Tail:
                     warnings.simplefilter("ignore")
                     torch.onnx.export(self.module, tuple(example), str(path), dynamo=False, input_names=names,
                                       output_names=["last"], dynamic_axes={n: {0: "batch"} for n in [*names, "last"]})
-                self.session, self.call_images = ort_session(path, usable_cpus()), ORT_BATCH
                 with torch.inference_mode():
                     want = self.module(*example)
+                self.session, self.out_shape = ort_session(path, usable_cpus()), tuple(want.shape[1:])
                 got = self({layer: x for layer, x in zip(self.inputs, example)})
             except Exception as e:  # noqa: BLE001 - the exporter and ORT raise many types
                 self.session = None
@@ -205,7 +204,9 @@ class Tail:
         """Peak bytes the tail adds to a batch, on its device: WORKING x its largest activation
         (float32; an upper bound of ONNX Runtime's arena, ort_extractor.ORT_ARENA = 4 largest
         activations of a call of ORT_BATCH images, and of the activations under autocast)."""
-        images = min(batch_size, self.call_images) if self.session is not None else batch_size
+        from .backbones.ort_extractor import ORT_BATCH
+
+        images = min(batch_size, ORT_BATCH) if self.session is not None else batch_size
         return 4.0 * WORKING * images * self.largest
 
 

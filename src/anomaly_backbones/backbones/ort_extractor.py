@@ -49,6 +49,24 @@ def trunk(model: nn.Module, layers: list[str], name: str) -> nn.Module:
                         f"pass, so for this backbone run `dvc repro aggregate`.") from None
 
 
+def run_in_calls(session, feeds: dict[str, np.ndarray], shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """`session` on {input name: (N, ...) C-contiguous array}, in calls of ORT_BATCH rows, each
+    writing its outputs straight into its rows of one (N, *shape) float32 array per output (IO
+    binding; only the batch axis is dynamic): no per-call arrays to join. `shapes`: each output's
+    shape without the batch axis, in the session's output order."""
+    n = len(next(iter(feeds.values())))
+    out = [np.empty((n, *shape), np.float32) for shape in shapes]
+    io = session.io_binding()
+    for s in range(0, n, ORT_BATCH):
+        for name, x in feeds.items():
+            io.bind_cpu_input(name, x[s:s + ORT_BATCH])
+        for o, a in zip(session.get_outputs(), out):
+            rows = a[s:s + ORT_BATCH]
+            io.bind_output(o.name, "cpu", 0, np.float32, list(rows.shape), rows.ctypes.data)
+        session.run_with_iobinding(io)
+    return out
+
+
 def ort_session(path: str | Path, threads: int):
     """An ONNX Runtime CPU session with `threads` intra-op threads and one inter-op thread."""
     import onnxruntime as ort
@@ -111,19 +129,9 @@ class OnnxExtractor:
         self.check(name, image_size)
 
     def pixels(self, images: np.ndarray) -> dict[str, torch.Tensor]:
-        """Features of (B, H, W, 3) uint8 images -> {layer: (B, C, h, w) float32}. Calls of
-        ORT_BATCH images, each writing its outputs straight into its rows of the batch's arrays
-        (IO binding; only the batch axis of the export is dynamic): no per-call arrays to join."""
-        x = np.ascontiguousarray(images, dtype=np.uint8)
-        outputs = self.session.get_outputs()
-        out = [np.empty((len(x), *shape), np.float32) for shape in self.shapes]
-        io = self.session.io_binding()
-        for s in range(0, len(x), ORT_BATCH):
-            io.bind_cpu_input("image", x[s:s + ORT_BATCH])
-            for o, a in zip(outputs, out):
-                rows = a[s:s + ORT_BATCH]
-                io.bind_output(o.name, "cpu", 0, np.float32, list(rows.shape), rows.ctypes.data)
-            self.session.run_with_iobinding(io)
+        """Features of (B, H, W, 3) uint8 images -> {layer: (B, C, h, w) float32}, in calls of
+        ORT_BATCH images (run_in_calls)."""
+        out = run_in_calls(self.session, {"image": np.ascontiguousarray(images, dtype=np.uint8)}, self.shapes)
         return {layer: torch.from_numpy(a) for layer, a in zip(self.layers, out)}
 
     def stream(self, images: np.ndarray, batch_size: int):

@@ -315,7 +315,11 @@ class PypiWeights(WeightSource):
 
 class CheckpointFile(WeightSource):
     """ref = a user's checkpoint path (.pth/.pt/.safetensors/.bin/.ckpt): a state_dict of this
-    architecture, raw or wrapped, loaded strictly; read before the model is built."""
+    architecture, raw or wrapped, loaded strictly; read before the model is built. Built with the
+    entry's default constructor arguments: where a named init needs others of the same parameter
+    shapes (`init_kwargs`: MoCo v3's 12-head ViT-S), a MoCo v3 pretraining file is refused (use the
+    named init) and any other file loads with a note saying which configuration it got, since
+    the tensors alone cannot tell 6 heads from 12."""
 
     kind = "file"
 
@@ -340,9 +344,25 @@ class CheckpointFile(WeightSource):
 
     def load(self, spec, plan, seed):
         from .architectures import seeded_build, strip_aux_absent_from
-        from .checkpoints import load_strict, read_checkpoint
+        from .checkpoints import MOCOV3_ENCODER, load_strict, read_file, unwrap_state_dict
 
-        sd = read_checkpoint(plan.local)            # a bad file fails before the model is built
+        obj = read_file(plan.local)                 # a bad file fails before the model is built
+        other = (spec.entry or {}).get("init_kwargs") or {}
+        raw = obj.get("state_dict") if isinstance(obj, dict) else None
+        if isinstance(raw, dict) and any(str(k).startswith(MOCOV3_ENCODER) for k in raw):
+            named = [(k, how.split(":", 1)[1]) for k, how in ((spec.entry or {}).get("inits") or {}).items()
+                     if how.startswith("mocov3:")]
+            raise UserError(f"`init` checkpoint {plan.local} is a MoCo v3 pretraining checkpoint (keys "
+                            f"{MOCOV3_ENCODER}*), not a state_dict of {self.name}. Fix: "
+                            + (f"copy it to {caches.url_cache_path(named[0][1])} and use init={named[0][0]}, "
+                               f"which keeps its base encoder and builds the authors' architecture."
+                               if named else "convert its base encoder to a state_dict (the authors' "
+                                             "main_lincls.py / convert_to_deit.py) and pass that file."))
+        sd = unwrap_state_dict(obj, plan.local)
+        for key, kwargs in other.items():
+            print(f"note: {self.name} from {plan.local} is built with timm's default configuration; weights "
+                  f"trained as init={key} ({kwargs}) have the same tensor shapes and would load without error "
+                  f"into other attention: for those use init={key}.")
         model = seeded_build(spec, seed)
         strip_aux_absent_from(model, spec.arch, sd)
         load_strict(model, sd, str(plan.local), self.name)

@@ -210,6 +210,10 @@ class PatchCore(Method):
         c = min(sum(sh[0] for sh in shapes), self.dim)
         return hw, c, self.projection_dim if c > self.projection_dim else c
 
+    def bank_rows(self, shapes: Shapes, n_img: int) -> int:
+        """Rows of the memory bank a fit on `n_img` images keeps (coreset_ratio of their patches)."""
+        return coreset_size(n_img * self._sizes(shapes)[0], self.ratio)
+
     def _batch_bytes(self, shapes: Shapes, itemsize: int) -> float:
         """One feature batch through embed: the cached maps (mapped pages, a float32 copy), their
         3x3 averages, the upsampled, concatenated and reshaped maps, the pooled and the projected
@@ -232,7 +236,7 @@ class PatchCore(Method):
         block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
         batch = self._batch_bytes(shapes, itemsize)
         cover = x + low + 20.0 * n + block + batch
-        bank = 4.0 * coreset_size(n, self.ratio) * c
+        bank = 4.0 * self.bank_rows(shapes, n_img) * c
         return BASELINE_BYTES + max(x + batch, cover, bank + batch)
 
     def predict_bytes(self, shapes: Shapes, n_test: int, bank_rows: int, image_size: int,
