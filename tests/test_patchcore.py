@@ -212,3 +212,26 @@ def test_patchcore_on_the_device_agrees_with_the_cpu(tmp_path, device):
         assert m.bank.device == torch.device(dev) and m.coreset_idx.device.type == "cpu"
         out.append((m.coreset_idx[0].item(), roc_auc_score(labels, m.predict(test)[0])))
     assert out[0][0] == out[1][0] and abs(out[0][1] - out[1][1]) <= 1e-3
+
+
+def test_fast_coreset_is_exact_without_native_bfloat16(tmp_path, monkeypatch, capsys):
+    """Where the CPU has no bfloat16 matmul (emulated: ~20x slower than float32), "fast" runs
+    exact's float32 updates: the same centres, said in one note; with it, bfloat16."""
+    import anomaly_backbones.methods.patchcore as pc
+
+    (train, _), _, _ = synthetic(tmp_path, seed=2, n_train=12, n_test=4)
+    params = {"coreset_ratio": 0.1, "projection_dim": 16}
+    exact = PatchCore({**params, "coreset": "exact"}, list(SHAPES))
+    exact.fit(train)
+    monkeypatch.setattr(pc, "native_bf16_cpu", lambda: False)
+    fast = PatchCore({**params, "coreset": "fast"}, list(SHAPES))
+    assert fast.coreset_precision() == "float32" and exact.coreset_precision() == "float32"
+    capsys.readouterr()
+    fast.fit(train)
+    assert "runs in float32" in capsys.readouterr().out
+    assert torch.equal(fast.coreset_idx, exact.coreset_idx)
+    shapes = train.shapes(fast.layers)
+    assert fast.fit_bytes(shapes, 12) == exact.fit_bytes(shapes, 12)
+    monkeypatch.setattr(pc, "native_bf16_cpu", lambda: True)
+    assert fast.coreset_precision() == "bfloat16" and fast.fit_bytes(shapes, 10**5) > exact.fit_bytes(shapes, 10**5)
+    assert exact.coreset_precision() == "float32"

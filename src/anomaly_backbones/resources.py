@@ -39,6 +39,19 @@ def cpu_model() -> str:
     return ""
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16, ARM BF16),
+    from /proc/cpuinfo's flags (False where unknown). Without it torch's bfloat16 GEMM is
+    emulated, many times slower than float32 (docs/performance.md, "PatchCore")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
 def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (Linux); None where unknown."""
     try:

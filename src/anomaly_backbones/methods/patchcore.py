@@ -16,7 +16,8 @@ Params (params["patchcore"], defaults in PatchCore.PARAMS):
   first (shallowest) entry when there are 3 or more (the paper's layer2+layer3 of a 4-stage
   net; e.g. [blocks.1, blocks.2, blocks.4] -> [blocks.2, blocks.4]), else all of them.
 - coreset_ratio: fraction of training patches kept in the memory bank (0.1).
-- coreset: "fast" (default) or "exact" greedy k-center, see coreset.py. Both run on a sparse
+- coreset: "fast" (default) or "exact" greedy k-center, see coreset.py ("fast": bfloat16 updates
+  where the hardware has them, else exact's float32: coreset_precision). Both run on a sparse
   random projection of the patches to `projection_dim` (128) dims, seeded; when the
   embedding has no more than `projection_dim` channels it is used unprojected.
 - dim: channel cap of the patch vector (1024). neighbors: the paper's b for reweighting (9).
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 
 from ..device import to_device
 from ..errors import UserError
-from ..resources import BASELINE_BYTES
+from ..resources import BASELINE_BYTES, native_bf16_cpu
 from ..params.schema import Param
 from .base import LAYERS, SIGMA, Method
 from .common import check_finite, maps_bytes
@@ -98,6 +99,19 @@ class PatchCore(Method):
         if g["layers"] == "auto":
             g["layers"] = list(layers[1:]) if len(layers) >= 3 else list(layers)
         return g
+
+    def coreset_precision(self) -> str:
+        """The coreset's update precision: float32 for "exact"; for "fast", bfloat16 where the
+        device multiplies it in hardware (a CPU with AVX512-BF16/AMX/ARM BF16, a GPU with bf16),
+        else float32: emulated bfloat16 GEMMs run ~20x slower than float32 there, and float32 picks
+        exact's centres. So "fast" selects by CPU type, as every last digit here does."""
+        if self.coreset != "fast":
+            return "float32"
+        if self.device.type == "cpu":
+            return "bfloat16" if native_bf16_cpu() else "float32"
+        if self.device.type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        return "bfloat16"
 
     @classmethod
     def cached_layers(cls, group: dict, layers: list[str]) -> list[str]:
@@ -154,7 +168,10 @@ class PatchCore(Method):
         m = coreset_size(n, self.ratio)
         g = torch.Generator().manual_seed(self.seed)
         start = int(torch.randint(n, (1,), generator=g))
-        precision = "bfloat16" if self.coreset == "fast" else "float32"
+        precision = self.coreset_precision()
+        if self.coreset == "fast" and precision == "float32":
+            print(f"note: patchcore.coreset=fast runs in float32 on this {self.device.type} (no native bfloat16 "
+                  f"matmul): the same selection as coreset=exact")
         with self.progress(m, "coreset", "center") as bar:
             idx = greedy_batched(x, m, start, precision=precision, copy=False, progress=bar.update)  # centres x in place
         del x
@@ -232,8 +249,9 @@ class PatchCore(Method):
         hw, c, p = self._sizes(shapes)
         n = n_img * hw
         x = 4.0 * n * p
-        low = 2.0 * n * p if self.coreset == "fast" else 0.0
-        block = UPDATE_BLOCK_ELEMS * (2 if self.coreset == "fast" else 4)
+        bf16 = self.coreset_precision() == "bfloat16"
+        low = 2.0 * n * p if bf16 else 0.0
+        block = UPDATE_BLOCK_ELEMS * (2 if bf16 else 4)
         batch = self._batch_bytes(shapes, itemsize)
         cover = x + low + 20.0 * n + block + batch
         bank = 4.0 * self.bank_rows(shapes, n_img) * c
