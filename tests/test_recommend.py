@@ -84,3 +84,16 @@ def test_show_groups_and_filters_by_dataset():
     assert only[0] == "dataset: mtd" and not any(x.startswith("syn") for x in only)
     with pytest.raises(UserError, match="no finished run on it"):
         dataset_blocks(runs, 120, "visa")
+
+
+def test_verdict_names_image_auroc_when_ranking_by_another_metric():
+    """Ranked by pixel AU-PRO, the best may be worse by image ROC-AUC: the verdict (DeLong's, on
+    image ROC-AUC) must say what it tested, never read as contradicting the ranking."""
+    cands = [cand("a", 0.90), cand("strong", 0.80)]           # AU-PRO values: "a" ranks first
+    res = recommend(cands, load, metric="pixel_aupro")
+    assert res["best"]["name"] == "a"
+    v = res["comparisons"][0]["verdict"]
+    assert v.startswith("by image ROC-AUC (DeLong; pixel AUPRO has no paired test here): ")
+    assert "strong is significantly better than a" in v and v in res["answer"]
+    plain = recommend([cand("a", 0.80), cand("strong", 0.99)], load)["comparisons"][0]["verdict"]
+    assert plain.startswith("strong is significantly better")     # ranked by image ROC-AUC: no prefix

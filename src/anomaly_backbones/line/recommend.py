@@ -111,6 +111,10 @@ def recommend(cands: list[Candidate], load: Loader, metric: str = "image_auroc",
         return out
     best = kept[0]
     out["best"] = best.as_dict()
+    # the verdict is DeLong's on image ROC-AUC whatever the ranking: say so where they differ, or a
+    # verdict could read as contradicting the ranking (the AU-PRO's best "worse" by image ROC-AUC)
+    tested = "" if metric in ("image_auroc", "image_auroc_lo") else \
+        f"by image ROC-AUC (DeLong; {out['metric_name']} has no paired test here): "
     scores_best = load(best)
     for c in kept[1:]:
         entry = {"other": c.name, "test": None, "verdict": None}
@@ -120,7 +124,7 @@ def recommend(cands: list[Candidate], load: Loader, metric: str = "image_auroc",
         else:
             try:
                 t = paired_test(scores_best, other)
-                entry["verdict"] = verdict(t.pop("_pooled"), best.name, c.name)
+                entry["verdict"] = tested + verdict(t.pop("_pooled"), best.name, c.name)
                 entry["test"] = t
             except UserError as e:
                 entry["verdict"] = str(e)
