@@ -8,6 +8,12 @@ checked (check_memory is wrapped), the peak is the process's VmHWM. Prints a Mar
 
     python bench/memory.py                        # every case
     python bench/memory.py spade --n-test 48      # some cases, fewer test images
+    python bench/memory.py spade patchcore cflow --backbone densenet161 --n-train 391 --n-test 167
+
+`--backbone`: that registry entry's default layers and shapes (a random-init forward pass of one
+image) and each method's params as the study resolves them for it (PaDiM: the registry's d), at the
+given image counts (391 / 167: MVTec AD's largest category, bench/gpu.py's size); CFLOW-AD keeps
+the one short epoch above.
 PaDiM's heaviest setting (WideResNet-50-2, d=550) is bench/padim_memory.py.
 """
 from __future__ import annotations
@@ -49,15 +55,35 @@ def recorded_guards(modules) -> list[float]:
     return seen
 
 
+def study_cases(backbone: str) -> tuple[dict, dict]:
+    """({layer: (C, h, w)}, {case: (method, params, layers)}) as the study runs `backbone`."""
+    from memory_study import shapes_of
+
+    from anomaly_backbones.pipeline.config import load_params, resolve
+
+    p = load_params()
+    p["backbone"] = backbone
+    shapes = shapes_of(backbone, resolve(p)["cache_layers"])
+    r = resolve(p, shapes)
+    cases = {}
+    for case, (name, short) in METHODS.items():
+        params = {**r[name], **(short if name == "cflow" else {})}
+        layers = params["layers"] if isinstance(params.get("layers"), list) else r["layers"]
+        cases[case] = (name, params, layers)
+    return shapes, cases
+
+
 def run_method(case: str, cache: Path) -> dict:
     import importlib
 
     from anomaly_backbones.features import FeatureSet
     from anomaly_backbones.methods import get_method
 
-    name, params = METHODS[case]
+    spec = cache / "cases.json"
+    name, params, layers = (json.loads(spec.read_text())[case] if spec.exists()
+                            else (*METHODS[case], list(LITE0)))
     seen = recorded_guards([importlib.import_module("anomaly_backbones.methods.base")])
-    m = get_method(name)(params, list(LITE0), 1024)
+    m = get_method(name)(params, layers, 1024)
     t = time.perf_counter()
     m.fit(FeatureSet(cache, "train"))
     t1 = time.perf_counter()
@@ -99,9 +125,10 @@ def main():
     ap.add_argument("--n-train", type=int, default=761)
     ap.add_argument("--n-test", type=int, default=583)
     ap.add_argument("--cache", default="/tmp/ab_memory_cache")
+    ap.add_argument("--backbone", help="a registry entry: its study shapes and params (method cases only)")
     ap.add_argument("--run", help=argparse.SUPPRESS)  # child: run one case, print JSON
     a = ap.parse_args()
-    cache = Path(f"{a.cache}_{a.n_train}_{a.n_test}")
+    cache = Path(f"{a.cache}_{a.backbone or 'lite0'}_{a.n_train}_{a.n_test}")
     if a.run:
         from anomaly_backbones.resources import peak_rss_mb
 
@@ -111,13 +138,20 @@ def main():
     if any(c in METHODS for c in a.cases) and not (cache / "meta.json").exists():
         from padim_memory import fill
 
-        fill(cache, a.n_train, a.n_test, "float32", LITE0, "tf_efficientnet_lite0")
+        if a.backbone:
+            shapes, cases = study_cases(a.backbone)
+            fill(cache, a.n_train, a.n_test, "float32", shapes, a.backbone)
+            (cache / "cases.json").write_text(json.dumps(cases))
+            print(f"{a.backbone}: layers {shapes}; " + "; ".join(f"{c}: {v[0]} on {v[2]}" for c, v in cases.items()))
+        else:
+            fill(cache, a.n_train, a.n_test, "float32", LITE0, "tf_efficientnet_lite0")
     print("| case | estimate GiB | peak RSS GiB | estimate / peak | fit s | predict ms/image |")
     print("|---|---|---|---|---|---|", flush=True)
     failed = 0
     for case in a.cases:
         r = subprocess.run([sys.executable, __file__, "--run", case, "--n-train", str(a.n_train),
-                            "--n-test", str(a.n_test), "--cache", a.cache], capture_output=True, text=True)
+                            "--n-test", str(a.n_test), "--cache", a.cache,
+                            *(["--backbone", a.backbone] if a.backbone else [])], capture_output=True, text=True)
         if r.returncode:
             print(f"| {case} | failed: {(r.stderr.strip().splitlines() or ['?'])[-1]} |||||", flush=True)
             failed += 1
