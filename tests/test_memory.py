@@ -85,14 +85,20 @@ def test_spade_estimate_grows_with_chunk_mb_and_batch_size():
     assert est(k=5, chunk_mb=1000) == est(k=5, chunk_mb=10000)
 
 
-def test_patchcore_estimates_grow_with_their_params():
+def test_patchcore_estimates_grow_with_their_params(monkeypatch):
+    import anomaly_backbones.methods.patchcore as patchcore
+
     def pc(**p):
         return PatchCore(p, list(MTD))
     shapes = MTD
     assert increasing([pc(projection_dim=p).fit_bytes(shapes, 761) for p in (32, 64, 128)])
     # deeper layers: fewer patches per image
     assert pc(layers=["c"]).fit_bytes(shapes, 761) < pc(layers=["b", "c"]).fit_bytes(shapes, 761)
+    # the fast coreset's bfloat16 copy, only where the CPU multiplies bfloat16 (else fast = exact)
+    monkeypatch.setattr(patchcore, "native_bf16_cpu", lambda: True)
     assert pc(coreset="exact").fit_bytes(shapes, 761) < pc(coreset="fast").fit_bytes(shapes, 761)
+    monkeypatch.setattr(patchcore, "native_bf16_cpu", lambda: False)
+    assert pc(coreset="exact").fit_bytes(shapes, 761) == pc(coreset="fast").fit_bytes(shapes, 761)
     assert increasing([pc(dim=d).predict_bytes(shapes, 583, 60000, 224) for d in (32, 64, 128)])
     assert increasing([pc().predict_bytes(shapes, 583, m, 224) for m in (6000, 60000, 600000)])
 
