@@ -57,14 +57,9 @@ def recorded_guards(modules) -> list[float]:
 
 def study_cases(backbone: str) -> tuple[dict, dict]:
     """({layer: (C, h, w)}, {case: (method, params, layers)}) as the study runs `backbone`."""
-    from memory_study import shapes_of
+    from memory_study import study_setup
 
-    from anomaly_backbones.pipeline.config import load_params, resolve
-
-    p = load_params()
-    p["backbone"] = backbone
-    shapes = shapes_of(backbone, resolve(p)["cache_layers"])
-    r = resolve(p, shapes)
+    _, shapes, r = study_setup(backbone)
     cases = {}
     for case, (name, short) in METHODS.items():
         params = {**r[name], **(short if name == "cflow" else {})}

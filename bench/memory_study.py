@@ -30,15 +30,21 @@ def shapes_of(name: str, layers: list[str]) -> dict[str, tuple[int, int, int]]:
     return {k: tuple(v.shape[1:]) for k, v in feats.items()}
 
 
-def estimates(name: str, n_train: int, n_test: int) -> dict[str, float]:
-    from anomaly_backbones.methods import get_method
+def study_setup(name: str) -> tuple[dict, dict, dict]:
+    """(params.yaml's params for `name`, {layer: (C, h, w)} of its cached layers, the params resolved
+    for those shapes), as the pipeline resolves them."""
     from anomaly_backbones.pipeline.config import load_params, resolve
 
     p = load_params()
     p["backbone"] = name
-    layers = resolve(p)["cache_layers"]
-    shapes = shapes_of(name, layers)
-    r = resolve(p, shapes)
+    shapes = shapes_of(name, resolve(p)["cache_layers"])
+    return p, shapes, resolve(p, shapes)
+
+
+def estimates(name: str, n_train: int, n_test: int) -> dict[str, float]:
+    from anomaly_backbones.methods import get_method
+
+    p, shapes, r = study_setup(name)
     out = {}
     spade = get_method("spade")(r["spade"], r["layers"], p["seed"])
     out["spade predict"] = spade.predict_bytes(shapes, n_test, n_train, 224)

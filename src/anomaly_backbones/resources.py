@@ -2,6 +2,7 @@
 memory guard every heavy step calls before it allocates."""
 from __future__ import annotations
 
+import functools
 import os
 import resource
 from pathlib import Path
@@ -27,29 +28,34 @@ def load_1m() -> float | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields of /proc/cpuinfo ({} where unreadable): they do not change while a
+    process runs, so it is read once."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo ('' where unknown): timings and the last digits of
     some kernels' results depend on it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo().get("model name", "")
 
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16, ARM BF16),
     from /proc/cpuinfo's flags (False where unknown). Without it torch's bfloat16 GEMM is
     emulated, many times slower than float32 (docs/performance.md, "PatchCore")."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return False
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
 
 
 def available_bytes() -> int | None:

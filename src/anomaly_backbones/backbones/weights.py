@@ -347,10 +347,10 @@ class CheckpointFile(WeightSource):
         from .checkpoints import MOCOV3_ENCODER, load_strict, read_file, unwrap_state_dict
 
         obj = read_file(plan.local)                 # a bad file fails before the model is built
-        other = (spec.entry or {}).get("init_kwargs") or {}
+        entry = spec.entry or {}
         raw = obj.get("state_dict") if isinstance(obj, dict) else None
         if isinstance(raw, dict) and any(str(k).startswith(MOCOV3_ENCODER) for k in raw):
-            named = [(k, how.split(":", 1)[1]) for k, how in ((spec.entry or {}).get("inits") or {}).items()
+            named = [(k, how.split(":", 1)[1]) for k, how in (entry.get("inits") or {}).items()
                      if how.startswith("mocov3:")]
             raise UserError(f"`init` checkpoint {plan.local} is a MoCo v3 pretraining checkpoint (keys "
                             f"{MOCOV3_ENCODER}*), not a state_dict of {self.name}. Fix: "
@@ -359,7 +359,7 @@ class CheckpointFile(WeightSource):
                                if named else "convert its base encoder to a state_dict (the authors' "
                                              "main_lincls.py / convert_to_deit.py) and pass that file."))
         sd = unwrap_state_dict(obj, plan.local)
-        for key, kwargs in other.items():
+        for key, kwargs in (entry.get("init_kwargs") or {}).items():
             print(f"note: {self.name} from {plan.local} is built with timm's default configuration; weights "
                   f"trained as init={key} ({kwargs}) have the same tensor shapes and would load without error "
                   f"into other attention: for those use init={key}.")

@@ -103,8 +103,9 @@ class PatchCore(Method):
     def coreset_precision(self) -> str:
         """The coreset's update precision: float32 for "exact"; for "fast", bfloat16 where the
         device multiplies it in hardware (a CPU with AVX512-BF16/AMX/ARM BF16, a GPU with bf16),
-        else float32: emulated bfloat16 GEMMs run ~20x slower than float32 there, and float32 picks
-        exact's centres. So "fast" selects by CPU type, as every last digit here does."""
+        else float32: emulated bfloat16 GEMMs are many times slower than float32 (docs/performance.md,
+        "PatchCore"), and float32 picks exact's centres. So "fast" selects by CPU type, as every
+        last digit here does."""
         if self.coreset != "fast":
             return "float32"
         if self.device.type == "cpu":
